@@ -1,0 +1,210 @@
+"""The whole test suite: model, init, augment, data and train, on the CPU with small data the tests make.
+
+Needs torch, torchvision, pillow and pytest (requirements.txt). Nothing here reads ../shared or the network.
+
+    python -m pytest test_model.py            # the whole suite, a few minutes on 2 CPU cores
+    python -m pytest test_model.py -k mixup   # one part
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import augment
+import init
+import model
+
+
+def tv_resnet50_seeded(seed, **kwargs):
+    torch.manual_seed(seed)
+    return torchvision.models.resnet50(weights=None, **kwargs)
+
+
+def our_resnet50_seeded(seed, **kwargs):
+    torch.manual_seed(seed)
+    return init.init_weights(model.resnet50(**kwargs), fc_std=None)
+
+
+# ---------------------------------------------------------------------------------------------------- model.py
+
+def test_state_dict_keys_shapes_and_order_match_torchvision():
+    ours, theirs = model.resnet50().state_dict(), torchvision.models.resnet50(weights=None).state_dict()
+    assert list(ours) == list(theirs)
+    assert all(ours[k].shape == theirs[k].shape and ours[k].dtype == theirs[k].dtype for k in ours)
+    ours_modules = [(n, type(m).__name__) for n, m in model.resnet50().named_modules()]
+    theirs_modules = [(n, type(m).__name__) for n, m in torchvision.models.resnet50(weights=None).named_modules()]
+    assert [n for n, _ in ours_modules] == [n for n, _ in theirs_modules]
+
+
+def test_checkpoints_load_both_ways_strict():
+    ours, theirs = our_resnet50_seeded(1, num_classes=10), tv_resnet50_seeded(2, num_classes=10)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    ours2 = model.resnet50(num_classes=10)
+    ours2.load_state_dict(tv_resnet50_seeded(3, num_classes=10).state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_same_weights_same_outputs(mode):
+    theirs = tv_resnet50_seeded(0)
+    ours = model.resnet50()
+    ours.load_state_dict(theirs.state_dict())
+    getattr(ours, mode)(), getattr(theirs, mode)()
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(ours(x), theirs(x))
+    if mode == "train":  # BatchNorm running statistics moved identically too
+        assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+
+
+def test_same_seed_gives_bit_identical_weights_to_torchvision():
+    ours, theirs = our_resnet50_seeded(123).state_dict(), tv_resnet50_seeded(123).state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    torch.manual_seed(5)
+    a = model.create_model("resnet50", 10).state_dict()
+    torch.manual_seed(5)
+    b = model.create_model("tv_resnet50", 10).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_v15_stride_on_3x3():
+    block = model.resnet50().layer2[0]
+    assert block.conv1.stride == (1, 1) and block.conv2.stride == (2, 2)
+    assert block.downsample[0].stride == (2, 2)
+
+
+def test_parameter_count():
+    assert sum(p.numel() for p in model.resnet50().parameters()) == 25_557_032
+
+
+def test_flops_equal_torchvision():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(m):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            m.eval()(torch.randn(1, 3, 224, 224))
+        return counter.get_total_flops()
+
+    ours, theirs = flops(model.resnet50()), flops(torchvision.models.resnet50(weights=None))
+    assert ours == theirs
+    assert abs(ours / 2 / 1e9 - 4.09) < 0.01  # FlopCounterMode counts a multiply-add as 2 FLOPs
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet101", "resnet152"])
+def test_family_matches_torchvision(name):
+    torch.manual_seed(0)
+    ours = init.init_weights(getattr(model, name)(), fc_std=None).state_dict()
+    torch.manual_seed(0)
+    theirs = getattr(torchvision.models, name)(weights=None).state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_create_model_rejects_unknown_name():
+    with pytest.raises(ValueError, match="unknown model"):
+        model.create_model("resnet51")
+
+
+# ----------------------------------------------------------------------------------------------------- init.py
+
+def test_init_statistics():
+    torch.manual_seed(0)
+    m = init.init_weights(model.resnet50(), zero_init_residual=True, fc_std=0.01)
+    for conv in [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]:
+        if conv.weight.numel() >= 10_000:  # enough samples for a tight estimate
+            assert abs(conv.weight.std().item() / init.expected_conv_std(conv) - 1) < 0.05
+        assert abs(conv.weight.mean().item()) < 0.05 * init.expected_conv_std(conv) + 1e-3
+    assert abs(m.fc.weight.std().item() - 0.01) < 0.0005 and torch.all(m.fc.bias == 0)
+    last_bns = {id(b.bn3) for layer in (m.layer1, m.layer2, m.layer3, m.layer4) for b in layer}
+    for bn in [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]:
+        assert torch.all(bn.bias == 0)
+        assert torch.all(bn.weight == (0 if id(bn) in last_bns else 1))
+    assert len(last_bns) == 16
+
+
+def test_init_on_torchvision_model_and_basic_blocks():
+    tv = init.init_weights(torchvision.models.resnet18(weights=None), zero_init_residual=True)
+    assert all(torch.all(b.bn2.weight == 0) and torch.all(b.bn1.weight == 1) for b in tv.layer1)
+    assert torch.all(tv.layer2[0].downsample[1].weight == 1)  # the shortcut's BN is not the residual branch
+
+
+def test_fc_std_none_leaves_linear_untouched():
+    m = model.resnet50()
+    before = m.fc.weight.clone()
+    init.init_weights(m, fc_std=None)
+    assert torch.equal(before, m.fc.weight)
+
+
+# -------------------------------------------------------------------------------------------------- augment.py
+
+def test_one_hot_and_soft_cross_entropy_match_label_smoothing():
+    logits, labels = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    for eps in (0.0, 0.1, 0.3):
+        targets = augment.one_hot(labels, 5, eps)
+        assert torch.allclose(targets.sum(1), torch.ones(8))
+        expected = F.cross_entropy(logits, labels, label_smoothing=eps)
+        assert torch.allclose(augment.soft_cross_entropy(logits, targets), expected, atol=1e-6)
+
+
+def test_mixup_is_exact_lambda_mix():
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(6, 3, 8, 8), torch.arange(6)
+    targets = augment.one_hot(labels, 6)
+    mixed, soft = augment.mixup(images, targets, 0.4, generator=g)
+    assert torch.allclose(soft.sum(1), torch.ones(6))
+    lam = soft[0, 0].item()  # sample 0 keeps weight lam on its own label, 1-lam on its partner's (sample 5)
+    assert 0 < lam < 1 and math.isclose(soft[0, 5].item(), 1 - lam, rel_tol=1e-5)
+    assert torch.allclose(mixed, lam * images + (1 - lam) * images.roll(1, 0), atol=1e-6)
+
+
+def test_cutmix_pixel_fraction_equals_target_weight():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        images = torch.arange(4).float().view(4, 1, 1, 1).expand(4, 3, 13, 17).clone()  # image i is all i
+        targets = augment.one_hot(torch.arange(4), 4)
+        mixed, soft = augment.cutmix(images, targets, 1.0, generator=g)
+        assert torch.allclose(soft.sum(1), torch.ones(4))
+        for i in range(4):
+            kept = (mixed[i] == i).float().mean().item()
+            pasted = (mixed[i] == (i - 1) % 4).float().mean().item()
+            assert math.isclose(kept + pasted, 1.0, abs_tol=1e-6)
+            assert math.isclose(soft[i, i].item(), kept, abs_tol=1e-6)
+            assert math.isclose(soft[i, (i - 1) % 4].item(), pasted, abs_tol=1e-6)
+
+
+def test_alpha_zero_is_identity_and_smoothing_alone():
+    images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    targets = augment.one_hot(labels, 4)
+    assert augment.mixup(images, targets, 0.0) == (images, targets)
+    assert augment.cutmix(images, targets, 0.0) == (images, targets)
+    out_images, out_targets = augment.MixupCutmix(4, 0.0, 0.0, smoothing=0.1)(images, labels)
+    assert out_images is images and torch.allclose(out_targets, augment.one_hot(labels, 4, 0.1))
+
+
+def test_mixup_cutmix_switch_and_smoothing_before_mixing():
+    g = torch.Generator().manual_seed(0)
+    mix = augment.MixupCutmix(4, mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=0.5, smoothing=0.1, generator=g)
+    images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    for _ in range(10):
+        _, targets = mix(images, labels)
+        assert torch.allclose(targets.sum(1), torch.ones(4))
+        assert targets.min() >= 0.1 / 4 - 1e-6  # smoothing floor survives mixing of two smoothed one-hots
+
+
+def test_generator_makes_it_reproducible_and_leaves_global_rng_alone():
+    images, labels = torch.randn(4, 3, 16, 16), torch.arange(4)
+    state = torch.get_rng_state()
+    a = augment.MixupCutmix(4, generator=torch.Generator().manual_seed(7))(images, labels)
+    b = augment.MixupCutmix(4, generator=torch.Generator().manual_seed(7))(images, labels)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_other_device_stays_there():
+    device = torch.device("meta")  # a non-CPU device that every machine has; cuda when present
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+    images = torch.randn(4, 3, 8, 8, device=device)
+    labels = torch.arange(4, device=device)
+    for mix in (augment.MixupCutmix(4, 0.2, 0.0), augment.MixupCutmix(4, 0.0, 1.0)):
+        out, targets = mix(images, labels)
+        assert out.device.type == device.type and targets.device.type == device.type
