@@ -1,0 +1,489 @@
+"""Train ResNet-50 from random weights on ImageNet (or the built-in demo), on one GPU, many GPUs, or the CPU.
+
+Needs torch, torchvision, pillow and the files beside it (model.py, init.py, augment.py, data.py).
+
+    python train.py                                   # built-in demo: ~3 min on a 2-core CPU, >80% top-1
+    python train.py --data /imagenet --epochs 100     # ImageNet, one GPU
+    torchrun --nproc_per_node=8 train.py --data /imagenet --epochs 100 --batch-size 128   # one node, 8 GPUs
+    python train.py --data synthetic --epochs 1       # random tensors on the device: the model's own speed
+    python train.py --data /imagenet --eval-only --resume runs/r50/model.pt
+    python train.py --data /imagenet --resume auto    # continue OUTPUT/last.pt after a crash or preemption
+
+Defaults are one ImageNet recipe, torchvision's "V2" ResNet-50 recipe (README, "The recipe"). The run writes
+OUTPUT/last.pt (every epoch, and on SIGTERM/SIGINT), best.pt, model.pt (final weights, a plain state_dict) and
+metrics.jsonl (one JSON line per epoch).
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import augment
+import data
+import init
+import model as models
+
+# The built-in demo (no --data): small settings that finish in about 3 minutes on 2 CPU cores. Flags given on the
+# command line still win.
+DEMO = dict(epochs=6, batch_size=32, lr=2.0, zero_init_residual=True, warmup_epochs=1, weight_decay=5e-5, label_smoothing=0.0, mixup=0.0,
+            cutmix=0.0, auto_augment="none", random_erase=0.0, min_scale=0.5, train_res=48, val_res=48,
+            val_resize=48, workers=2, output="runs/demo", num_classes_hint=10)
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description="Train ResNet-50 from scratch.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--data", default=None, help="ImageNet-layout folder (DATA/train/<class>, DATA/val/<class>); 'synthetic' for random "
+      "tensors on the device; leave out for the built-in demo")
+    a("--demo-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "resnet50-demo-v2"), help="where the demo set is written once")
+    a("--model", default="resnet50", choices=sorted(models.MODELS), help="resnet50 is ours (model.py), tv_resnet50 torchvision's")
+    a("--epochs", type=int, default=100, help="training epochs")
+    a("--batch-size", type=int, default=256, help="images per process per step (global batch = this x processes)")
+    a("--lr", type=float, default=0.5, help="peak LR per 1024 images of global batch; the peak is lr x global_batch/1024 (linear scaling, Goyal et al. 2017)")
+    a("--momentum", type=float, default=0.9, help="SGD momentum")
+    a("--weight-decay", type=float, default=2e-5, help="weight decay on conv and fc weights (none on BatchNorm and biases)")
+    a("--warmup-epochs", type=float, default=5, help="linear warmup from 0 to the peak LR, then cosine to 0; set every step")
+    a("--label-smoothing", type=float, default=0.1, help="label smoothing")
+    a("--mixup", type=float, default=0.2, help="mixup alpha (0 = off)")
+    a("--cutmix", type=float, default=1.0, help="cutmix alpha (0 = off); with both on, one of the two per batch")
+    a("--auto-augment", default="ta_wide", choices=["ta_wide", "none"], help="TrivialAugmentWide or none")
+    a("--random-erase", type=float, default=0.1, help="random erasing probability")
+    a("--min-scale", type=float, default=0.08, help="smallest RandomResizedCrop area fraction")
+    a("--train-res", type=int, default=176, help="training crop size (FixRes effect: train smaller, test larger)")
+    a("--val-res", type=int, default=224, help="validation centre-crop size")
+    a("--val-resize", type=int, default=232, help="validation resize of the shorter side before the centre crop")
+    a("--zero-init-residual", action=argparse.BooleanOptionalAction, default=False, help="zero the last BN of each residual block")
+    a("--ema", action=argparse.BooleanOptionalAction, default=True, help="keep an EMA of weights and buffers and evaluate it too")
+    a("--ema-half-life", type=float, default=0.027, help="EMA half-life as a fraction of all training steps (0.027 is what "
+      "torchvision's --model-ema-decay 0.99998 --model-ema-steps 32 gives on ImageNet at batch 1024, at any epoch count)")
+    a("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes per training process")
+    a("--output", default="runs/r50", help="folder for checkpoints and metrics.jsonl")
+    a("--resume", default=None, help="checkpoint to continue from, or 'auto' for OUTPUT/last.pt if it exists")
+    a("--amp", default=None, choices=["bf16", "fp16", "off"], help="autocast dtype; default bf16 on GPUs that support it, fp16 "
+      "on older GPUs, off (fp32) on the CPU")
+    a("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory layout (default: on with CUDA)")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--sync-bn", action="store_true", help="SyncBatchNorm across processes (for small per-GPU batches)")
+    a("--seed", type=int, default=0, help="random seed; the data order depends only on seed and epoch")
+    a("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    a("--eval-only", action="store_true", help="only evaluate --resume's weights on DATA/val")
+    a("--log-every", type=int, default=50, help="steps between progress lines (the loss is read from the device only then)")
+    a("--save-every-min", type=float, default=0, help="also write last.pt every this many minutes mid-epoch (0 = only per epoch)")
+    a("--max-steps", type=int, default=0, help="stop after this many steps in total (smoke tests); 0 = no limit")
+    a("--num-classes-hint", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.data is None:
+        p.set_defaults(**DEMO)
+        args = p.parse_args(argv)
+    for name in ("epochs", "batch_size", "train_res", "val_res", "val_resize", "log_every"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "random_erase", "workers",
+                 "save_every_min", "max_steps", "ema_half_life"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
+    if args.label_smoothing >= 1 or args.random_erase > 1 or not 0 < args.min_scale <= 1:
+        p.error("--label-smoothing must be < 1, --random-erase <= 1 and --min-scale in (0, 1]")
+    if args.eval_only and not args.resume:
+        p.error("--eval-only needs --resume PATH (the weights to evaluate)")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------------- setup
+
+def setup_distributed(args):
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; plain `python train.py` is world size 1. Returns (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+    device = torch.device(f"cuda:{local_rank}" if device_type == "cuda" else device_type)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    return rank, world, device
+
+
+def fail(message, code=2):
+    """A user-facing error: one line, no traceback, non-zero exit."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def log(rank, *items):
+    if rank == 0:
+        print(*items, flush=True)
+
+
+def check_output_writable(folder):
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        fail(f"cannot write to --output {folder}: {error.strerror}")
+
+
+def build_model(args, num_classes, device, world):
+    torch.manual_seed(args.seed)
+    net = models.create_model(args.model, num_classes)
+    # The recipe's init on top of torchvision's: fc ~ N(0, 0.01) (Goyal et al. 2017) and optional zero-init residual.
+    init.init_weights(net, zero_init_residual=args.zero_init_residual, fc_std=0.01)
+    if args.sync_bn and world > 1:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net = net.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
+    return net
+
+
+def build_optimizer(args, net, peak_lr):
+    decay = [p for p in net.parameters() if p.ndim > 1]  # conv and fc weights
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]  # BatchNorm weights and all biases
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = next(net.parameters()).is_cuda  # one fused kernel for the whole update on CUDA
+    return torch.optim.SGD(groups, lr=peak_lr, momentum=args.momentum, fused=fused or None)
+
+
+def make_ema(net, half_life_steps):
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    decay = 0.5 ** (1.0 / max(half_life_steps, 1.0))
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def lr_at(step, total_steps, warmup_steps, peak_lr):
+    """Linear warmup from peak/warmup_steps to peak over warmup_steps, then cosine from peak to 0 at total_steps."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return 0.5 * peak_lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def plain_state_dict(net):
+    """The state_dict without DDP's `module.` or torch.compile's `_orig_mod.` wrappers."""
+    net = getattr(net, "module", net)
+    net = getattr(net, "_orig_mod", net)
+    return net.state_dict()
+
+
+def save_checkpoint(obj, path):
+    """Atomic: write a temporary file, flush it to disk, then rename over the old one. A kill at any moment leaves
+    either the old file or the new one, never a torn file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        fail(f"--resume: no such file {path}")
+    except Exception as error:  # a torn or foreign file: say which and why, no traceback
+        fail(f"--resume: cannot load {path}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+
+
+def rng_states():
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+# ------------------------------------------------------------------------------------------------- train, eval
+
+class StopRequested:
+    """SIGTERM/SIGINT (what SLURM and Kubernetes send before a kill) set a flag; the loop checks it after each step."""
+
+    def __init__(self):
+        self.signum = 0
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self.handle)
+
+    def handle(self, signum, frame):
+        self.signum = signum
+
+
+def autocast(args, device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    return torch.amp.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def evaluate(net, loader, device, args, world):
+    """Exact top-1/top-5 and mean loss over the whole val set: each rank its own shard, counts summed over ranks."""
+    net.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1, top5, images
+    for images, labels, _bad in loader:
+        if images is None:
+            continue
+        images = data.to_device_normalized(images, device, args.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        with autocast(args, device):
+            logits = net(images)
+        top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+        totals += torch.stack([F.cross_entropy(logits.float(), labels, reduction="sum"),
+                               (top5[:, 0] == labels).sum(), (top5 == labels[:, None]).any(1).sum(),
+                               torch.tensor(labels.numel(), device=device)]).double()
+    if world > 1:
+        dist.all_reduce(totals)
+    loss, top1, top5, count = totals.tolist()
+    return {"loss": loss / max(count, 1), "top1": 100 * top1 / max(count, 1), "top5": 100 * top5 / max(count, 1), "images": int(count)}
+
+
+def train_one_epoch(run, loader, sampler, epoch):
+    """One pass over this rank's shard (from `sampler.skip` on). Returns (mean loss, images, seconds, data wait)."""
+    args, net, device = run["args"], run["net"], run["device"]
+    net.train()
+    steps_in_epoch = run["steps_per_epoch"]
+    first = sampler.skip // args.batch_size if sampler is not None else 0
+    loss_sum, loss_count = torch.zeros((), device=device), 0
+    epoch_loss, epoch_count, images_seen, wait = 0.0, 0, 0, 0.0
+    start = window_start = time.perf_counter()
+    window_images, window_wait = 0, 0.0
+    batches = iter(loader)
+    for i in range(first, steps_in_epoch):
+        t0 = time.perf_counter()
+        try:
+            images, labels, bad = next(batches)
+        except StopIteration:
+            break
+        waited = time.perf_counter() - t0
+        wait, window_wait = wait + waited, window_wait + waited
+        for b in bad:
+            if b not in run["bad_files"]:
+                run["bad_files"].add(b)
+                print(f"warning: skipping unreadable image {b}", file=sys.stderr, flush=True)
+        run["samples_done"] = (i + 1) * args.batch_size
+        if images is not None:
+            lr = lr_at(run["step"], run["total_steps"], run["warmup_steps"], run["peak_lr"])
+            for group in run["optimizer"].param_groups:
+                group["lr"] = lr
+            images = data.to_device_normalized(images, device, args.channels_last)
+            labels = labels.to(device, non_blocking=True)
+            images, targets = run["mixer"](images, labels)
+            with autocast(args, device):
+                loss = augment.soft_cross_entropy(net(images), targets)
+            run["optimizer"].zero_grad(set_to_none=True)
+            run["scaler"].scale(loss).backward()
+            run["scaler"].step(run["optimizer"])
+            run["scaler"].update()
+            if run["ema"] is not None:
+                if run["step"] < run["warmup_steps"]:
+                    run["ema"].n_averaged.zero_()  # as torchvision: the EMA follows the weights until warmup ends
+                run["ema"].update_parameters(run["raw"])
+            loss_sum += loss.detach()
+            loss_count += 1
+            window_images += labels.numel() * run["world"]
+            images_seen += labels.numel() * run["world"]
+        run["step"] += 1
+        last = i + 1 == steps_in_epoch or run["step"] == run["max_steps"]
+        stop = run["stop"].signum and (run["world"] == 1 or run["step"] % args.log_every == 0)
+        save_due = run["save_every_s"] and time.perf_counter() - run["last_save"] > run["save_every_s"]
+        if run["step"] % args.log_every == 0 or last or stop or save_due:
+            mean = read_mean_loss(run, loss_sum, loss_count, lr)  # exits on NaN/inf before anything is saved
+            epoch_loss, epoch_count = epoch_loss + mean * loss_count, epoch_count + loss_count
+            loss_sum, loss_count = torch.zeros((), device=device), 0
+            now = time.perf_counter()
+            rate = window_images / max(now - window_start, 1e-9)
+            eta = (run["total_steps"] - run["step"]) * args.batch_size * run["world"] / max(rate, 1e-9)
+            log(run["rank"], f"epoch {epoch + 1}/{args.epochs} step {i + 1}/{steps_in_epoch} loss {mean:.4f} lr {lr:.4g} "
+                f"img/s {rate:.0f} data {100 * window_wait / max(now - window_start, 1e-9):.0f}% "
+                f"eta {datetime.timedelta(seconds=int(eta))}")
+            window_start, window_images, window_wait = now, 0, 0.0
+            if stop or run["world"] > 1 and stop_requested_anywhere(run):
+                return None
+            if save_due and not last:
+                save_last(run, epoch, run["samples_done"])
+        if last:
+            break
+    return epoch_loss / max(epoch_count, 1), images_seen, time.perf_counter() - start, wait
+
+
+def read_mean_loss(run, loss_sum, count, lr):
+    """The one host sync: the mean loss since the last read, over all ranks. A NaN/inf stops the run here."""
+    totals = torch.stack([loss_sum.float(), torch.tensor(float(count), device=loss_sum.device)])
+    if run["world"] > 1:
+        dist.all_reduce(totals)
+    total, n = totals.tolist()
+    mean = total / max(n, 1)
+    if not math.isfinite(mean):
+        fail(f"loss is {mean} at step {run['step']} (lr {lr:.4g}); nothing was saved after the last good checkpoint "
+             f"in {run['args'].output}. Try a lower --lr, a longer --warmup-epochs, or --amp bf16/off instead of fp16.", code=3)
+    return mean
+
+
+def stop_requested_anywhere(run):
+    flag = torch.tensor([float(run["stop"].signum)], device=run["device"])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    run["stop"].signum = run["stop"].signum or int(flag.item())
+    return bool(flag.item())
+
+
+def checkpoint(run, next_epoch, samples_done):
+    return {"model": plain_state_dict(run["net"]), "optimizer": run["optimizer"].state_dict(),
+            "scaler": run["scaler"].state_dict(), "ema": plain_state_dict(run["ema"].module) if run["ema"] else None,
+            "epoch": next_epoch, "samples_done": samples_done, "step": run["step"], "best_top1": run["best_top1"],
+            "config": vars(run["args"]), "num_classes": run["num_classes"], "rng": rng_states()}
+
+
+def save_last(run, next_epoch, samples_done):
+    if run["rank"] == 0:
+        save_checkpoint(checkpoint(run, next_epoch, samples_done), os.path.join(run["args"].output, "last.pt"))
+    run["last_save"] = time.perf_counter()
+
+
+def restore(run, ckpt):
+    """Load a full checkpoint (last.pt, best.pt) into the run, or a plain state_dict (model.pt) for evaluation."""
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    try:
+        run["raw"].load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        fail(f"--resume {run['args'].resume}: weights do not fit --model {run['args'].model} with {run['num_classes']} "
+             f"classes ({str(error).splitlines()[0][:200]})")
+    if "optimizer" not in ckpt:
+        return
+    run["optimizer"].load_state_dict(ckpt["optimizer"])
+    run["scaler"].load_state_dict(ckpt["scaler"])
+    if run["ema"] is not None and ckpt["ema"] is not None:
+        run["ema"].module.load_state_dict(ckpt["ema"])
+        run["ema"].n_averaged.fill_(1)
+    run["step"], run["best_top1"], run["start_epoch"] = ckpt["step"], ckpt["best_top1"], ckpt["epoch"]
+    run["skip"] = ckpt["samples_done"]
+    set_rng_states(ckpt["rng"])
+
+
+def synthetic_batches(args, device, num_classes, steps):
+    images = torch.randint(0, 256, (args.batch_size, 3, args.train_res, args.train_res), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, num_classes, (args.batch_size,), device=device)
+    return [(images, labels, [])] * steps
+
+
+def build_data(args, rank, world, device):
+    """Returns (num_classes, train loader, train sampler, val loader or None)."""
+    if args.data == "synthetic":
+        return 1000, synthetic_batches(args, device, 1000, 100), None, None
+    root = args.data if args.data is not None else data.make_demo_dataset(args.demo_dir) if rank == 0 else None
+    if args.data is None and world > 1:
+        dist.barrier()
+        root = args.demo_dir
+    classes, train_samples, val_samples = data.scan_dataset(root)
+    pin = device.type == "cuda"
+    train_set = data.ImageList(train_samples, data.train_transform(args.train_res, args.auto_augment, args.random_erase, args.min_scale))
+    val_set = data.ImageList(val_samples, data.val_transform(args.val_resize, args.val_res))
+    if len(train_set) < args.batch_size * world:
+        raise data.DataError(f"{len(train_set)} training images in {root}/train: fewer than one global batch "
+                             f"({args.batch_size} x {world}); lower --batch-size")
+    sampler = data.ResumableDistributedSampler(train_set, world, rank, args.seed)
+    train_loader = data.make_loader(train_set, args.batch_size, sampler, args.workers, pin, drop_last=True)
+    val_loader = data.make_loader(val_set, args.batch_size, data.ShardSampler(len(val_set), world, rank), args.workers, pin, False)
+    return len(classes), train_loader, sampler, val_loader
+
+
+def main(argv=None):
+    args = get_args(argv)
+    rank, world, device = setup_distributed(args)
+    args.amp = args.amp or ("off" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    args.channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if rank == 0 and not args.eval_only:
+        check_output_writable(args.output)
+    try:
+        num_classes, train_loader, sampler, val_loader = build_data(args, rank, world, device)
+    except data.DataError as error:
+        fail(str(error))
+    raw = build_model(args, num_classes, device, world)
+    torch.manual_seed(args.seed + rank)  # per-rank augmentation randomness; weights above are the same on all ranks
+    global_batch = args.batch_size * world
+    steps_per_epoch = len(train_loader) if sampler is None else len(sampler) // args.batch_size
+    total_steps = args.epochs * steps_per_epoch
+    peak_lr = args.lr * global_batch / 1024
+    run = dict(args=args, rank=rank, world=world, device=device, raw=raw, num_classes=num_classes, step=0, start_epoch=0,
+               skip=0, best_top1=0.0, samples_done=0, bad_files=set(), stop=StopRequested(), last_save=time.perf_counter(),
+               save_every_s=args.save_every_min * 60, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+               warmup_steps=round(args.warmup_epochs * steps_per_epoch), peak_lr=peak_lr,
+               max_steps=args.max_steps or total_steps)
+    run["optimizer"] = build_optimizer(args, raw, peak_lr)
+    run["scaler"] = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    run["ema"] = make_ema(raw, args.ema_half_life * total_steps) if args.ema else None
+    run["mixer"] = augment.MixupCutmix(num_classes, args.mixup, args.cutmix, 0.5, args.label_smoothing)
+    if args.resume == "auto":
+        args.resume = os.path.join(args.output, "last.pt") if os.path.exists(os.path.join(args.output, "last.pt")) else None
+        log(rank, f"--resume auto: {'continuing ' + args.resume if args.resume else 'no last.pt yet, starting fresh'}")
+    if args.resume:
+        restore(run, load_checkpoint(args.resume))
+    net = raw
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        net = torch.compile(net)
+    run["net"] = net
+    if args.eval_only:
+        result = evaluate(net, val_loader, device, args, world)
+        log(rank, json.dumps({"checkpoint": args.resume, **{f"val_{k}": v for k, v in result.items()}}))
+        return result
+    log(rank, f"{args.model}: {num_classes} classes, {world} process(es) on {device}, global batch {global_batch}, "
+        f"peak lr {peak_lr:.4g}, amp {args.amp}, {steps_per_epoch} steps/epoch x {args.epochs} epochs -> {args.output}")
+    metrics = None
+    for epoch in range(run["start_epoch"], args.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            sampler.skip, run["skip"] = run["skip"], 0
+            train_loader.generator.manual_seed(args.seed * 100003 + epoch * 1009 + rank)  # worker seeds: f(seed, epoch, rank)
+        result = train_one_epoch(run, train_loader, sampler, epoch)
+        if result is None:  # SIGTERM/SIGINT: save the position inside the epoch and leave
+            save_last(run, epoch, run["samples_done"])
+            log(rank, f"stopped by signal {run['stop'].signum} at epoch {epoch + 1} step {run['step']}; saved "
+                f"{args.output}/last.pt. Continue with the same command plus --resume auto")
+            sys.exit(128 + run["stop"].signum)
+        train_loss, images_seen, seconds, wait = result
+        metrics = {"epoch": epoch + 1, "lr": run["optimizer"].param_groups[0]["lr"], "train_loss": train_loss,
+                   "img_per_s": images_seen / seconds, "epoch_time_s": seconds, "data_wait_share": wait / seconds}
+        if val_loader is not None:
+            val = evaluate(net, val_loader, device, args, world)
+            metrics.update({f"val_{k}": v for k, v in val.items()})
+            if run["ema"] is not None:
+                ema_val = evaluate(run["ema"], val_loader, device, args, world)
+                metrics.update({"ema_top1": ema_val["top1"], "ema_top5": ema_val["top5"], "ema_loss": ema_val["loss"]})
+            score = max(metrics["val_top1"], metrics.get("ema_top1", 0))
+            if rank == 0 and score > run["best_top1"]:
+                run["best_top1"] = score
+                save_checkpoint(checkpoint(run, epoch + 1, 0), os.path.join(args.output, "best.pt"))
+        save_last(run, epoch + 1, 0)
+        if rank == 0:
+            with open(os.path.join(args.output, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        log(rank, "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+        if run["step"] >= run["max_steps"]:
+            break
+    if rank == 0 and metrics is not None:
+        use_ema = run["ema"] is not None and metrics.get("ema_top1", -1) > metrics.get("val_top1", 0)
+        save_checkpoint(plain_state_dict(run["ema"].module if use_ema else net), os.path.join(args.output, "model.pt"))
+        log(rank, f"done: {args.output}/model.pt ({'EMA' if use_ema else 'raw'} weights), best top-1 {run['best_top1']:.2f}%")
+    if world > 1:
+        dist.destroy_process_group()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
