@@ -208,3 +208,173 @@ def test_other_device_stays_there():
     for mix in (augment.MixupCutmix(4, 0.2, 0.0), augment.MixupCutmix(4, 0.0, 1.0)):
         out, targets = mix(images, labels)
         assert out.device.type == device.type and targets.device.type == device.type
+
+
+# ------------------------------------------------------------------------------------------- data.py, train.py
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from PIL import Image
+
+import data
+import train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TINY = ["--batch-size", "4", "--train-res", "32", "--val-res", "32", "--val-resize", "36", "--workers", "0",
+        "--warmup-epochs", "0.5", "--lr", "0.5", "--log-every", "2"]
+
+
+def make_image_folder(root, classes=("a", "b"), train_per_class=6, val_per_class=3, size=40, seed=0):
+    """A tiny ImageNet-layout set of random JPEGs (plus one grayscale and one PNG to exercise the decoders)."""
+    g = torch.Generator().manual_seed(seed)
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for c in classes:
+            os.makedirs(os.path.join(root, split, c), exist_ok=True)
+            for i in range(count):
+                pixels = torch.randint(0, 256, (size, size + 8, 3), generator=g, dtype=torch.uint8).numpy()
+                image = Image.fromarray(pixels)
+                if i == 1:
+                    image = image.convert("L")
+                name = f"{i}.png" if i == 2 else f"{i}.JPEG"
+                image.save(os.path.join(root, split, c, name))
+    return str(root)
+
+
+def run_train(args, tmp_path, name="out"):
+    out = str(tmp_path / name)
+    return train.main(args + ["--output", out]), out
+
+
+def test_lr_schedule_warmup_middle_end():
+    peak, total, warm = 0.4, 1000, 100
+    assert train.lr_at(0, total, warm, peak) == pytest.approx(peak / warm)
+    assert train.lr_at(warm - 1, total, warm, peak) == pytest.approx(peak)  # warmup ends at the peak
+    assert train.lr_at(warm, total, warm, peak) == pytest.approx(peak)
+    assert train.lr_at(warm + (total - warm) // 2, total, warm, peak) == pytest.approx(peak / 2)
+    assert train.lr_at(total - 1, total, warm, peak) == pytest.approx(0, abs=1e-5)
+    assert train.lr_at(total, total, warm, peak) == 0
+
+
+def test_end_to_end_checkpoints_metrics_and_torchvision_roundtrip(tmp_path):
+    root = make_image_folder(tmp_path / "d")
+    metrics, out = run_train(["--data", root, "--epochs", "2"] + TINY, tmp_path)
+    assert metrics["val_images"] == 6 and 0 <= metrics["val_top1"] <= 100
+    lines = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    for key in ("epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "ema_top1", "img_per_s", "epoch_time_s"):
+        assert key in lines[-1]
+    tv = torchvision.models.resnet50(num_classes=2)
+    tv.load_state_dict(torch.load(os.path.join(out, "model.pt"), weights_only=True))  # strict, plain keys
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(os.path.join(out, name), weights_only=True)
+        assert {"model", "optimizer", "scaler", "ema", "epoch", "step", "best_top1", "config", "rng"} <= set(ckpt)
+        tv.load_state_dict(ckpt["model"])
+    assert not [f for f in os.listdir(out) if ".tmp" in f]  # atomic writes leave no temporary files
+    result = train.main(["--data", root, "--eval-only", "--resume", os.path.join(out, "model.pt")] + TINY)
+    assert result["images"] == 6
+
+
+def test_resume_after_epoch_equals_uninterrupted(tmp_path):
+    root = make_image_folder(tmp_path / "d")
+    common = ["--data", root, "--epochs", "2", "--model", "tv_resnet50"] + TINY
+    run_train(common, tmp_path, "full")
+    run_train(common + ["--max-steps", "3"], tmp_path, "part")  # 3 steps = one epoch of 12 images at batch 4
+    run_train(common + ["--resume", "auto"], tmp_path, "part")
+    a = torch.load(str(tmp_path / "full" / "last.pt"), weights_only=True)
+    b = torch.load(str(tmp_path / "part" / "last.pt"), weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+
+
+@pytest.mark.parametrize("case", ["missing", "no_val", "empty_class", "class_mismatch", "bad_flag", "not_a_checkpoint"])
+def test_bad_input_one_line_exit_2(tmp_path, capsys, case):
+    root = tmp_path / "d"
+    args = ["--data", str(root)] + TINY + ["--output", str(tmp_path / "out")]
+    if case != "missing":
+        make_image_folder(root)
+    if case == "no_val":
+        os.rename(root / "val", root / "validation")
+    elif case == "empty_class":
+        os.makedirs(root / "train" / "c")
+        os.makedirs(root / "val" / "c")
+    elif case == "class_mismatch":
+        os.rename(root / "val" / "b", root / "val" / "z")
+    elif case == "bad_flag":
+        args += ["--epochs", "-1"]
+    elif case == "not_a_checkpoint":
+        (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+        args += ["--resume", str(tmp_path / "junk.pt")]
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "Traceback" not in "\n".join(err)
+    expected = {"missing": "not found", "no_val": "no val/", "empty_class": "empty class folder",
+                "class_mismatch": "different classes", "bad_flag": "must be positive",
+                "not_a_checkpoint": "cannot load"}[case]
+    assert expected in err[-1]
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(HERE, "train.py"), "--data", str(tmp_path / "nope")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: --data folder not found: {tmp_path / 'nope'}"
+
+
+def test_unreadable_image_is_reported_once_and_skipped(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "d")
+    bad = os.path.join(root, "train", "a", "broken.JPEG")
+    with open(bad, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    metrics, _ = run_train(["--data", root, "--epochs", "2"] + TINY, tmp_path)
+    assert metrics["epoch"] == 2
+    err = capsys.readouterr().err
+    assert err.count("skipping unreadable image") == 1 and bad in err
+
+
+def test_synthetic_data_runs(tmp_path):
+    metrics, _ = run_train(["--data", "synthetic", "--epochs", "1", "--max-steps", "2", "--no-ema"] + TINY, tmp_path)
+    assert metrics["epoch"] == 1 and math.isfinite(metrics["train_loss"])
+
+
+def test_demo_set_generation_is_deterministic(tmp_path):
+    for name in ("one", "two"):
+        data.make_demo_dataset(str(tmp_path / name), train_per_class=2, val_per_class=1, size=32)
+    files = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "one")
+                   for d, _, fs in os.walk(tmp_path / "one") for f in fs)
+    assert len(files) == 10 * 3 + 1
+    for f in files:
+        assert open(tmp_path / "one" / f, "rb").read() == open(tmp_path / "two" / f, "rb").read()
+    assert len(data.scan_dataset(str(tmp_path / "one"))[0]) == 10
+
+
+def test_fast_crops_match_a_full_decode_and_handle_modes(tmp_path):
+    pixels = torch.randint(0, 256, (300, 400, 3), dtype=torch.uint8).numpy()
+    path = str(tmp_path / "big.JPEG")
+    Image.fromarray(pixels).save(path, quality=95)
+    out = data.FastRandomResizedCrop(32)(Image.open(path))  # small output: decodes at 1/4 or 1/8 scale
+    assert out.size == (32, 32) and out.mode == "RGB"
+    # With the draft scale forced off, the fast crop equals torchvision's crop + resize on the full decode.
+    box = (50, 40, 200, 150)
+    fast = data.decode_crop_resize(Image.open(path), box, (180, 140))
+    full = Image.open(path).convert("RGB").resize((180, 140), Image.BILINEAR, box=(50, 40, 250, 190))
+    assert fast.tobytes() == full.tobytes()
+    for mode in ("L", "CMYK"):
+        Image.fromarray(pixels).convert(mode).save(str(tmp_path / f"{mode}.JPEG"))
+        image = data.FastResizeCenterCrop(36, 32)(Image.open(str(tmp_path / f"{mode}.JPEG")))
+        assert image.size == (32, 32) and image.mode == "RGB"
+
+
+def test_crop_box_stays_inside_the_image():
+    torch.manual_seed(0)
+    for width, height in ((500, 375), (64, 640), (33, 33)):
+        for _ in range(200):
+            left, top, w, h = data.random_resized_crop_box(width, height)
+            assert 0 <= left and left + w <= width and 0 <= top and top + h <= height and w > 0 and h > 0
