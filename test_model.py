@@ -378,3 +378,105 @@ def test_crop_box_stays_inside_the_image():
         for _ in range(200):
             left, top, w, h = data.random_resized_crop_box(width, height)
             assert 0 <= left and left + w <= width and 0 <= top and top + h <= height and w > 0 and h > 0
+
+
+# ------------------------------------------------------------------------- distributed, preemption, crash safety
+
+RECORD_RANK_WEIGHTS = """
+import sys, torch
+sys.path.insert(0, {here!r})
+import train
+original = train.save_last
+def save_last(run, next_epoch, samples_done):  # every rank also dumps its own weights, to compare them
+    original(run, next_epoch, samples_done)
+    torch.save(train.plain_state_dict(run["net"]), f"{{run['args'].output}}/rank{{run['rank']}}.pt")
+train.save_last = save_last
+train.main(sys.argv[1:])
+"""
+
+
+def test_torchrun_two_process_gloo_job(tmp_path):
+    root = make_image_folder(tmp_path / "d", classes=("a", "b", "c"), train_per_class=6, val_per_class=3)
+    out = str(tmp_path / "out")
+    script = tmp_path / "run_ddp.py"
+    script.write_text(RECORD_RANK_WEIGHTS.format(here=HERE))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           "--data", root, "--epochs", "2", "--output", out, "--device", "cpu"] + TINY
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = (torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=True) for r in (0, 1))
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)  # both ranks hold identical weights
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pt")) == ["best.pt", "last.pt", "model.pt", "rank0.pt", "rank1.pt"]
+    assert result.stdout.count("done:") == 1  # rank 0 alone prints
+    final = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))][-1]
+    assert final["val_images"] == 9  # 9 val images over 2 ranks: no padding duplicates
+    single = train.main(["--data", root, "--eval-only", "--resume", os.path.join(out, "last.pt")] + TINY)
+    assert single["images"] == 9
+    assert single["top1"] == final["val_top1"] and single["top5"] == final["val_top5"]
+    assert single["loss"] == pytest.approx(final["val_loss"], rel=1e-5)
+
+
+def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+    root = make_image_folder(tmp_path / "d", train_per_class=12)  # 24 images: 6 steps per epoch at batch 4
+    common = ["--data", root, "--epochs", "2"] + TINY + ["--log-every", "1"]
+    run_train(common, tmp_path, "full")
+    out = str(tmp_path / "part")
+    cmd = [sys.executable, os.path.join(HERE, "train.py")] + common + ["--output", out]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1/2 step 2/6"):
+            proc.send_signal(signal.SIGTERM)  # a step in progress: it finishes, saves, exits
+            break
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "--resume auto" in stdout
+    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    assert ckpt["epoch"] == 0 and 0 < ckpt["samples_done"] < 24  # a position inside the first epoch
+    run_train(common + ["--resume", "auto"], tmp_path, "part")
+    a = torch.load(str(tmp_path / "full" / "last.pt"), weights_only=True)
+    b = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    assert a["step"] == b["step"] == 12
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+SAVE_FOREVER = """
+import sys, torch
+sys.path.insert(0, {here!r})
+import train
+for version in range(10**9):
+    train.save_checkpoint({{"version": version, "weights": torch.full((4_000_000,), float(version))}}, {path!r})
+"""
+
+
+def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
+    path = str(tmp_path / "last.pt")
+    script = tmp_path / "save_forever.py"
+    script.write_text(SAVE_FOREVER.format(here=HERE, path=path))
+    for delay in (1.5, 1.73, 1.91, 2.37):  # kill at different moments, most of them inside a save
+        proc = subprocess.Popen([sys.executable, str(script)])
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        ckpt = torch.load(path, weights_only=True)
+        assert torch.all(ckpt["weights"] == ckpt["version"])
+
+
+def test_unwritable_output_is_reported_before_training(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "d")
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--data", root, "--output", str(tmp_path / "file" / "out")] + TINY)
+    assert exit_info.value.code == 2 and "cannot write to --output" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "d")
+    _, out = run_train(["--data", root, "--epochs", "3", "--max-steps", "3"] + TINY, tmp_path)
+    good = open(os.path.join(out, "last.pt"), "rb").read()
+    with pytest.raises(SystemExit) as exit_info:
+        run_train(["--data", root, "--epochs", "3", "--resume", "auto"] + TINY + ["--lr", "1e30"], tmp_path)
+    assert exit_info.value.code == 3
+    err = capsys.readouterr().err
+    assert "loss is nan" in err or "loss is inf" in err
+    assert "lr" in err and "step" in err
+    assert open(os.path.join(out, "last.pt"), "rb").read() == good

@@ -297,9 +297,10 @@ def train_one_epoch(run, loader, sampler, epoch):
             images_seen += labels.numel() * run["world"]
         run["step"] += 1
         last = i + 1 == steps_in_epoch or run["step"] == run["max_steps"]
-        stop = run["stop"].signum and (run["world"] == 1 or run["step"] % args.log_every == 0)
         save_due = run["save_every_s"] and time.perf_counter() - run["last_save"] > run["save_every_s"]
-        if run["step"] % args.log_every == 0 or last or stop or save_due:
+        # Collectives (loss read, stop vote) happen at the same steps on every rank; alone, any step may stop or save.
+        at_log = run["step"] % args.log_every == 0 or last or (run["world"] == 1 and (run["stop"].signum or save_due))
+        if at_log:
             mean = read_mean_loss(run, loss_sum, loss_count, lr)  # exits on NaN/inf before anything is saved
             epoch_loss, epoch_count = epoch_loss + mean * loss_count, epoch_count + loss_count
             loss_sum, loss_count = torch.zeros((), device=device), 0
@@ -310,7 +311,7 @@ def train_one_epoch(run, loader, sampler, epoch):
                 f"img/s {rate:.0f} data {100 * window_wait / max(now - window_start, 1e-9):.0f}% "
                 f"eta {datetime.timedelta(seconds=int(eta))}")
             window_start, window_images, window_wait = now, 0, 0.0
-            if stop or run["world"] > 1 and stop_requested_anywhere(run):
+            if run["stop"].signum if run["world"] == 1 else stop_requested_anywhere(run):
                 return None
             if save_due and not last:
                 save_last(run, epoch, run["samples_done"])
@@ -337,6 +338,14 @@ def stop_requested_anywhere(run):
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     run["stop"].signum = run["stop"].signum or int(flag.item())
     return bool(flag.item())
+
+
+def sync_buffers(run):
+    """DDP keeps each rank's BatchNorm statistics from its own last batches; take rank 0's before evaluating and
+    saving, so every rank evaluates (and the checkpoint holds) the same model."""
+    for module in (run["raw"], run["ema"]):
+        for buffer in module.buffers() if module is not None else ():
+            dist.broadcast(buffer, 0)
 
 
 def checkpoint(run, next_epoch, samples_done):
@@ -435,11 +444,13 @@ def main(argv=None):
     net = raw
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    # Evaluation uses the unwrapped model: val shards differ in length across ranks and need no DDP collectives.
+    eval_net = torch.compile(raw) if args.compile else raw
     if args.compile:
         net = torch.compile(net)
     run["net"] = net
     if args.eval_only:
-        result = evaluate(net, val_loader, device, args, world)
+        result = evaluate(eval_net, val_loader, device, args, world)
         log(rank, json.dumps({"checkpoint": args.resume, **{f"val_{k}": v for k, v in result.items()}}))
         return result
     log(rank, f"{args.model}: {num_classes} classes, {world} process(es) on {device}, global batch {global_batch}, "
@@ -457,10 +468,12 @@ def main(argv=None):
                 f"{args.output}/last.pt. Continue with the same command plus --resume auto")
             sys.exit(128 + run["stop"].signum)
         train_loss, images_seen, seconds, wait = result
+        if world > 1:
+            sync_buffers(run)
         metrics = {"epoch": epoch + 1, "lr": run["optimizer"].param_groups[0]["lr"], "train_loss": train_loss,
                    "img_per_s": images_seen / seconds, "epoch_time_s": seconds, "data_wait_share": wait / seconds}
         if val_loader is not None:
-            val = evaluate(net, val_loader, device, args, world)
+            val = evaluate(eval_net, val_loader, device, args, world)
             metrics.update({f"val_{k}": v for k, v in val.items()})
             if run["ema"] is not None:
                 ema_val = evaluate(run["ema"], val_loader, device, args, world)
