@@ -17,6 +17,7 @@ the model sees the same crop distribution at the same antialiased quality, for l
 """
 import argparse
 import colorsys
+import io
 import math
 import os
 import random
@@ -153,15 +154,17 @@ class UInt8RandomErasing:
         return self.erase(tensor)
 
 
-def train_transform(size, auto_augment="ta_wide", random_erase=0.1, min_scale=0.08):
+def train_transform(size, auto_augment="ta_wide", random_erase=0.1, min_scale=0.08, crop=True):
+    """Crop + flip (unless crop=False: the GPU path crops on the device), TrivialAugmentWide, uint8, erasing."""
     import torchvision.transforms as T
-    steps = [FastRandomResizedCrop(size, scale=(min_scale, 1.0))]
+    steps = [FastRandomResizedCrop(size, scale=(min_scale, 1.0))] if crop else []
     if auto_augment == "ta_wide":
         steps.append(T.TrivialAugmentWide(interpolation=T.InterpolationMode.BILINEAR))
-    steps.append(T.PILToTensor())
+    if crop:
+        steps.append(T.PILToTensor())
     if random_erase > 0:
         steps.append(UInt8RandomErasing(random_erase))
-    return T.Compose(steps)
+    return T.Compose(steps) if steps else None
 
 
 def val_transform(resize, size):
@@ -226,10 +229,10 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(self.indices)
 
 
-def make_loader(dataset, batch_size, sampler, workers, pin_memory, drop_last):
+def make_loader(dataset, batch_size, sampler, workers, pin_memory, drop_last, collate_fn=collate_skipping_bad):
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-        drop_last=drop_last, collate_fn=collate_skipping_bad, persistent_workers=workers > 0,
+        drop_last=drop_last, collate_fn=collate_fn, persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None, generator=torch.Generator())
 
 
@@ -241,6 +244,72 @@ def to_device_normalized(images, device, channels_last):
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
     return images.float().sub_(mean).div_(std)
+
+
+# ------------------------------------------------------------------------------------------- GPU decode path
+
+class EncodedRandomResizedCrop(torch.utils.data.Dataset):
+    """For --decode gpu: workers only read the file and draw the crop and flip from the JPEG header.
+
+    Returns (bytes uint8 [N], box int64 [4] = left, top, w, h, flip bool, label), or, for a file nvJPEG can't take
+    (not a JPEG, or CMYK), the crop already decoded on the CPU by the fast path: (image uint8 [3,S,S], None, ...).
+    """
+
+    def __init__(self, samples, size, scale=(0.08, 1.0)):
+        self.samples, self.size, self.scale = samples, size, scale
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+            image = Image.open(io.BytesIO(raw))
+            box = random_resized_crop_box(*image.size, scale=self.scale)
+            flip = torch.rand(1).item() < 0.5
+            if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+                crop = decode_crop_resize(image, box, (self.size, self.size))
+                crop = crop.transpose(Image.FLIP_LEFT_RIGHT) if flip else crop
+                return pil_to_uint8(crop), None, flip, label
+            return torch.frombuffer(bytearray(raw), dtype=torch.uint8), torch.tensor(box), flip, label
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            return None, None, False, f"{path} ({type(error).__name__}: {error})"
+
+
+def pil_to_uint8(image):
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(image.size[1], image.size[0], 3).permute(2, 0, 1)
+
+
+def collate_encoded(batch):
+    good = [b for b in batch if b[0] is not None]
+    bad = [b[3] for b in batch if b[0] is None]
+    return [b[:3] for b in good], torch.tensor([b[3] for b in good], dtype=torch.int64), bad
+
+
+def decode_batch_on_device(items, size, device, augment=None):
+    """nvJPEG-decode a batch on `device` in one call, then crop, resize (antialiased bilinear) and flip each image.
+
+    `items` come from EncodedRandomResizedCrop via collate_encoded; returns uint8 [B, 3, size, size] on device.
+    Works on the CPU too (that is how the tests check it): torchvision's decode_jpeg takes device='cpu' as well.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+    encoded = [data for data, box, _ in items if box is not None]
+    decoded = iter(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device) if encoded else [])
+    out = torch.empty(len(items), 3, size, size, dtype=torch.uint8, device=device)
+    for i, (data, box, flip) in enumerate(items):
+        if box is None:  # already decoded, cropped and flipped on the CPU
+            out[i] = data.to(device, non_blocking=True)
+            continue
+        left, top, w, h = box.tolist()
+        crop = next(decoded)[None, :, top:top + h, left:left + w].float()
+        crop = torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        crop = crop.round_().clamp_(0, 255)
+        out[i] = (crop.flip(-1) if flip else crop)[0].to(torch.uint8)
+        if augment is not None:  # TrivialAugmentWide / RandomErasing on the device, one image at a time
+            out[i] = augment(out[i])
+    return out
 
 
 # ------------------------------------------------------------------------------------------- built-in demo set

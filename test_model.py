@@ -480,3 +480,30 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     assert "loss is nan" in err or "loss is inf" in err
     assert "lr" in err and "step" in err
     assert open(os.path.join(out, "last.pt"), "rb").read() == good
+
+
+def test_gpu_decode_path_logic_on_cpu(tmp_path):
+    """--decode gpu: byte-reading workers, batched decode_jpeg, per-image crop/resize/flip; CMYK and PNG fall back."""
+    pixels = torch.randint(0, 256, (60, 80, 3), dtype=torch.uint8).numpy()
+    paths = []
+    for name, mode in (("rgb.JPEG", "RGB"), ("gray.JPEG", "L"), ("cmyk.JPEG", "CMYK"), ("png.JPEG", "RGB")):
+        path = str(tmp_path / name)
+        Image.fromarray(pixels).convert(mode).save(path, format="PNG" if name.startswith("png") else "JPEG", quality=95)
+        paths.append((path, 0))
+    dataset = data.EncodedRandomResizedCrop(paths, 24)
+    items, labels, bad = data.collate_encoded([dataset[i] for i in range(4)])
+    assert [box is None for _, box, _ in items] == [False, False, True, True] and bad == []
+    out = data.decode_batch_on_device(items, 24, "cpu")
+    assert out.shape == (4, 3, 24, 24) and out.dtype == torch.uint8
+    # The device crop of the RGB JPEG matches a PIL crop of the same box within JPEG/resampler differences.
+    raw, box, flip = items[0]
+    left, top, w, h = box.tolist()
+    ref = Image.open(paths[0][0]).convert("RGB").resize((24, 24), Image.BILINEAR, box=(left, top, left + w, top + h))
+    ref = data.pil_to_uint8(ref.transpose(Image.FLIP_LEFT_RIGHT) if flip else ref)
+    assert (out[0].float() - ref.float()).abs().mean() < 12
+
+
+def test_train_with_gpu_decode_path_on_cpu(tmp_path):
+    root = make_image_folder(tmp_path / "d")
+    metrics, _ = run_train(["--data", root, "--epochs", "1", "--decode", "gpu", "--device", "cpu"] + TINY, tmp_path)
+    assert metrics["val_images"] == 6

@@ -64,6 +64,8 @@ def get_args(argv=None):
     a("--ema", action=argparse.BooleanOptionalAction, default=True, help="keep an EMA of weights and buffers and evaluate it too")
     a("--ema-half-life", type=float, default=0.027, help="EMA half-life as a fraction of all training steps (0.027 is what "
       "torchvision's --model-ema-decay 0.99998 --model-ema-steps 32 gives on ImageNet at batch 1024, at any epoch count)")
+    a("--decode", default="cpu", choices=["cpu", "gpu"], help="gpu: workers only read files; JPEGs are decoded in batches "
+      "with nvJPEG and cropped on the device (torchvision.io.decode_jpeg)")
     a("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes per training process")
     a("--output", default="runs/r50", help="folder for checkpoints and metrics.jsonl")
     a("--resume", default=None, help="checkpoint to continue from, or 'auto' for OUTPUT/last.pt if it exists")
@@ -274,10 +276,12 @@ def train_one_epoch(run, loader, sampler, epoch):
                 run["bad_files"].add(b)
                 print(f"warning: skipping unreadable image {b}", file=sys.stderr, flush=True)
         run["samples_done"] = (i + 1) * args.batch_size
-        if images is not None:
+        if images is not None and len(images):
             lr = lr_at(run["step"], run["total_steps"], run["warmup_steps"], run["peak_lr"])
             for group in run["optimizer"].param_groups:
                 group["lr"] = lr
+            if args.decode == "gpu":
+                images = data.decode_batch_on_device(images, args.train_res, device, run["gpu_augment"])
             images = data.to_device_normalized(images, device, args.channels_last)
             labels = labels.to(device, non_blocking=True)
             images, targets = run["mixer"](images, labels)
@@ -397,13 +401,17 @@ def build_data(args, rank, world, device):
         root = args.demo_dir
     classes, train_samples, val_samples = data.scan_dataset(root)
     pin = device.type == "cuda"
-    train_set = data.ImageList(train_samples, data.train_transform(args.train_res, args.auto_augment, args.random_erase, args.min_scale))
+    if args.decode == "gpu":
+        train_set = data.EncodedRandomResizedCrop(train_samples, args.train_res, (args.min_scale, 1.0))
+    else:
+        train_set = data.ImageList(train_samples, data.train_transform(args.train_res, args.auto_augment, args.random_erase, args.min_scale))
     val_set = data.ImageList(val_samples, data.val_transform(args.val_resize, args.val_res))
     if len(train_set) < args.batch_size * world:
         raise data.DataError(f"{len(train_set)} training images in {root}/train: fewer than one global batch "
                              f"({args.batch_size} x {world}); lower --batch-size")
     sampler = data.ResumableDistributedSampler(train_set, world, rank, args.seed)
-    train_loader = data.make_loader(train_set, args.batch_size, sampler, args.workers, pin, drop_last=True)
+    collate = data.collate_encoded if args.decode == "gpu" else data.collate_skipping_bad
+    train_loader = data.make_loader(train_set, args.batch_size, sampler, args.workers, pin, True, collate)
     val_loader = data.make_loader(val_set, args.batch_size, data.ShardSampler(len(val_set), world, rank), args.workers, pin, False)
     return len(classes), train_loader, sampler, val_loader
 
@@ -435,6 +443,7 @@ def main(argv=None):
     run["optimizer"] = build_optimizer(args, raw, peak_lr)
     run["scaler"] = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     run["ema"] = make_ema(raw, args.ema_half_life * total_steps) if args.ema else None
+    run["gpu_augment"] = data.train_transform(args.train_res, args.auto_augment, args.random_erase, crop=False) if args.decode == "gpu" else None
     run["mixer"] = augment.MixupCutmix(num_classes, args.mixup, args.cutmix, 0.5, args.label_smoothing)
     if args.resume == "auto":
         args.resume = os.path.join(args.output, "last.pt") if os.path.exists(os.path.join(args.output, "last.pt")) else None
