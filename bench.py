@@ -173,7 +173,7 @@ def bench_jpeg(args, device):
         for decode in ("cpu", "gpu"):
             targs = train.get_args(["--data", root, "--train-res", str(res), "--batch-size", str(args.batch), "--workers",
                                     str(args.workers), "--decode", decode, "--device", device.type])
-            _, loader, sampler, _ = train.build_data(targs, 0, 1, device)
+            _, loader, sampler, _ = data.build_loaders(targs, 0, 1, device)
             gpu_aug = data.train_transform(res, targs.auto_augment, targs.random_erase, crop=False)
             base = step_fn(args, res, "bf16" if device.type == "cuda" else "off", device.type == "cuda", None, device)
 

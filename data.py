@@ -246,6 +246,40 @@ def to_device_normalized(images, device, channels_last):
     return images.float().sub_(mean).div_(std)
 
 
+# ------------------------------------------------------------------------------------------ train.py's loaders
+
+def synthetic_batches(args, device, num_classes, steps):
+    images = torch.randint(0, 256, (args.batch_size, 3, args.train_res, args.train_res), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, num_classes, (args.batch_size,), device=device)
+    return [(images, labels, [])] * steps
+
+
+def build_loaders(args, rank, world, device):
+    """train.py's data from its flags: (num_classes, train loader, train sampler, val loader or None)."""
+    if args.data == "synthetic":
+        return 1000, synthetic_batches(args, device, 1000, 100), None, None
+    root = args.data if args.data is not None else make_demo_dataset(args.demo_dir) if rank == 0 else None
+    if args.data is None and world > 1:
+        torch.distributed.barrier()
+        root = args.demo_dir
+    classes, train_samples, val_samples = scan_dataset(root)
+    pin = device.type == "cuda"
+    if args.decode == "gpu":
+        train_set = EncodedRandomResizedCrop(train_samples, args.train_res, (args.min_scale, 1.0))
+    else:
+        train_set = ImageList(train_samples, train_transform(args.train_res, args.auto_augment, args.random_erase, args.min_scale))
+    val_set = ImageList(val_samples, val_transform(args.val_resize, args.val_res))
+    if len(train_set) < args.batch_size * world:
+        raise DataError(f"{len(train_set)} training images in {root}/train: fewer than one global batch "
+                             f"({args.batch_size} x {world}); lower --batch-size")
+    sampler = ResumableDistributedSampler(train_set, world, rank, args.seed)
+    collate = collate_encoded if args.decode == "gpu" else collate_skipping_bad
+    train_loader = make_loader(train_set, args.batch_size, sampler, args.workers, pin, True, collate)
+    val_loader = make_loader(val_set, args.batch_size, ShardSampler(len(val_set), world, rank), args.workers, pin, False)
+    return len(classes), train_loader, sampler, val_loader
+
+
+
 # ------------------------------------------------------------------------------------------- GPU decode path
 
 class EncodedRandomResizedCrop(torch.utils.data.Dataset):

@@ -35,7 +35,7 @@ import model as models
 # command line still win.
 DEMO = dict(epochs=6, batch_size=32, lr=2.0, zero_init_residual=True, warmup_epochs=1, weight_decay=5e-5, label_smoothing=0.0, mixup=0.0,
             cutmix=0.0, auto_augment="none", random_erase=0.0, min_scale=0.5, train_res=48, val_res=48,
-            val_resize=48, workers=2, output="runs/demo", num_classes_hint=10)
+            val_resize=48, workers=2, output="runs/demo")
 
 
 def get_args(argv=None):
@@ -80,7 +80,6 @@ def get_args(argv=None):
     a("--log-every", type=int, default=50, help="steps between progress lines (the loss is read from the device only then)")
     a("--save-every-min", type=float, default=0, help="also write last.pt every this many minutes mid-epoch (0 = only per epoch)")
     a("--max-steps", type=int, default=0, help="stop after this many steps in total (smoke tests); 0 = no limit")
-    a("--num-classes-hint", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.data is None:
         p.set_defaults(**DEMO)
@@ -385,37 +384,6 @@ def restore(run, ckpt):
     set_rng_states(ckpt["rng"])
 
 
-def synthetic_batches(args, device, num_classes, steps):
-    images = torch.randint(0, 256, (args.batch_size, 3, args.train_res, args.train_res), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, num_classes, (args.batch_size,), device=device)
-    return [(images, labels, [])] * steps
-
-
-def build_data(args, rank, world, device):
-    """Returns (num_classes, train loader, train sampler, val loader or None)."""
-    if args.data == "synthetic":
-        return 1000, synthetic_batches(args, device, 1000, 100), None, None
-    root = args.data if args.data is not None else data.make_demo_dataset(args.demo_dir) if rank == 0 else None
-    if args.data is None and world > 1:
-        dist.barrier()
-        root = args.demo_dir
-    classes, train_samples, val_samples = data.scan_dataset(root)
-    pin = device.type == "cuda"
-    if args.decode == "gpu":
-        train_set = data.EncodedRandomResizedCrop(train_samples, args.train_res, (args.min_scale, 1.0))
-    else:
-        train_set = data.ImageList(train_samples, data.train_transform(args.train_res, args.auto_augment, args.random_erase, args.min_scale))
-    val_set = data.ImageList(val_samples, data.val_transform(args.val_resize, args.val_res))
-    if len(train_set) < args.batch_size * world:
-        raise data.DataError(f"{len(train_set)} training images in {root}/train: fewer than one global batch "
-                             f"({args.batch_size} x {world}); lower --batch-size")
-    sampler = data.ResumableDistributedSampler(train_set, world, rank, args.seed)
-    collate = data.collate_encoded if args.decode == "gpu" else data.collate_skipping_bad
-    train_loader = data.make_loader(train_set, args.batch_size, sampler, args.workers, pin, True, collate)
-    val_loader = data.make_loader(val_set, args.batch_size, data.ShardSampler(len(val_set), world, rank), args.workers, pin, False)
-    return len(classes), train_loader, sampler, val_loader
-
-
 def main(argv=None):
     args = get_args(argv)
     rank, world, device = setup_distributed(args)
@@ -426,7 +394,7 @@ def main(argv=None):
     if rank == 0 and not args.eval_only:
         check_output_writable(args.output)
     try:
-        num_classes, train_loader, sampler, val_loader = build_data(args, rank, world, device)
+        num_classes, train_loader, sampler, val_loader = data.build_loaders(args, rank, world, device)
     except data.DataError as error:
         fail(str(error))
     raw = build_model(args, num_classes, device, world)
@@ -443,7 +411,7 @@ def main(argv=None):
     run["optimizer"] = build_optimizer(args, raw, peak_lr)
     run["scaler"] = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     run["ema"] = make_ema(raw, args.ema_half_life * total_steps) if args.ema else None
-    run["gpu_augment"] = data.train_transform(args.train_res, args.auto_augment, args.random_erase, crop=False) if args.decode == "gpu" else None
+    run["gpu_augment"] = data.train_transform(args.train_res, args.auto_augment, args.random_erase, crop=False)
     run["mixer"] = augment.MixupCutmix(num_classes, args.mixup, args.cutmix, 0.5, args.label_smoothing)
     if args.resume == "auto":
         args.resume = os.path.join(args.output, "last.pt") if os.path.exists(os.path.join(args.output, "last.pt")) else None
