@@ -507,3 +507,13 @@ def test_train_with_gpu_decode_path_on_cpu(tmp_path):
     root = make_image_folder(tmp_path / "d")
     metrics, _ = run_train(["--data", root, "--epochs", "1", "--decode", "gpu", "--device", "cpu"] + TINY, tmp_path)
     assert metrics["val_images"] == 6
+
+
+def test_time_based_checkpoint_records_position_mid_epoch(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "d")  # 12 images: 3 steps per epoch at batch 4
+    saved = []
+    original = train.save_checkpoint
+    monkeypatch.setattr(train, "save_checkpoint", lambda obj, path: (saved.append((os.path.basename(path), obj.get("epoch"), obj.get("samples_done"))), original(obj, path)))
+    run_train(["--data", root, "--epochs", "1", "--save-every-min", "1e-9", "--no-ema"] + TINY, tmp_path)
+    assert ("last.pt", 0, 4) in saved and ("last.pt", 0, 8) in saved  # after steps 1 and 2, inside epoch 1
+    assert ("last.pt", 1, 0) in saved  # and the end-of-epoch checkpoint
