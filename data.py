@@ -31,6 +31,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+# What PIL raises for a file that is not a readable image (truncated, corrupt, not an image, too large).
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 class DataError(Exception):
     """A problem with the user's data (not a bug): train.py prints it on one line and exits with code 2."""
 
@@ -189,7 +193,7 @@ class ImageList(torch.utils.data.Dataset):
             with open(path, "rb") as f:
                 # Image.open reads only the header; the transform decodes (at reduced scale where it can).
                 return self.transform(Image.open(f)), label
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        except UNREADABLE as error:
             return None, f"{path} ({type(error).__name__}: {error})"
 
 
@@ -282,7 +286,7 @@ def build_loaders(args, rank, world, device):
 
 # ------------------------------------------------------------------------------------------- GPU decode path
 
-class EncodedRandomResizedCrop(torch.utils.data.Dataset):
+class EncodedRandomResizedCrop(ImageList):
     """For --decode gpu: workers only read the file and draw the crop and flip from the JPEG header.
 
     Returns (bytes uint8 [N], box int64 [4] = left, top, w, h, flip bool, label), or, for a file nvJPEG can't take
@@ -290,10 +294,8 @@ class EncodedRandomResizedCrop(torch.utils.data.Dataset):
     """
 
     def __init__(self, samples, size, scale=(0.08, 1.0)):
-        self.samples, self.size, self.scale = samples, size, scale
-
-    def __len__(self):
-        return len(self.samples)
+        super().__init__(samples, transform=None)
+        self.size, self.scale = size, scale
 
     def __getitem__(self, index):
         path, label = self.samples[index]
@@ -308,7 +310,7 @@ class EncodedRandomResizedCrop(torch.utils.data.Dataset):
                 crop = crop.transpose(Image.FLIP_LEFT_RIGHT) if flip else crop
                 return pil_to_uint8(crop), None, flip, label
             return torch.frombuffer(bytearray(raw), dtype=torch.uint8), torch.tensor(box), flip, label
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        except UNREADABLE as error:
             return None, None, False, f"{path} ({type(error).__name__}: {error})"
 
 
