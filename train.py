@@ -38,8 +38,13 @@ DEMO = dict(epochs=6, batch_size=32, lr=2.0, zero_init_residual=True, warmup_epo
             val_resize=48, workers=2, output="runs/demo")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's full usage block
+        fail(f"{message} (python train.py --help lists the flags)")
+
+
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description="Train ResNet-50 from scratch.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description="Train ResNet-50 from scratch.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--data", default=None, help="ImageNet-layout folder (DATA/train/<class>, DATA/val/<class>); 'synthetic' for random "
       "tensors on the device; leave out for the built-in demo")
