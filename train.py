@@ -266,6 +266,7 @@ def train_one_epoch(run, loader, sampler, epoch):
     epoch_loss, epoch_count, images_seen, wait = 0.0, 0, 0, 0.0
     start = window_start = time.perf_counter()
     window_images, window_wait = 0, 0.0
+    lr = run["optimizer"].param_groups[0]["lr"]
     batches = iter(loader)
     for i in range(first, steps_in_epoch):
         t0 = time.perf_counter()
