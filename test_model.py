@@ -440,11 +440,11 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
 
 
 SAVE_FOREVER = """
-import sys, torch
+import os, sys, torch
 sys.path.insert(0, {here!r})
 import train
 for version in range(10**9):
-    train.save_checkpoint({{"version": version, "weights": torch.full((4_000_000,), float(version))}}, {path!r})
+    train.save_checkpoint({{"pid": os.getpid(), "version": version, "weights": torch.full((4_000_000,), float(version))}}, {path!r})
 """
 
 
@@ -452,13 +452,22 @@ def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
     path = str(tmp_path / "last.pt")
     script = tmp_path / "save_forever.py"
     script.write_text(SAVE_FOREVER.format(here=HERE, path=path))
-    for delay in (1.5, 1.73, 1.91, 2.37):  # kill at different moments, most of them inside a save
+    kills_mid_save = 0
+    for delay in (0.05, 0.13, 0.21, 0.37, 0.53):  # kill at different moments, most of them inside a save
         proc = subprocess.Popen([sys.executable, str(script)])
+        deadline = time.time() + 120
+        while not (os.path.exists(path) and torch.load(path, weights_only=True)["pid"] == proc.pid) and time.time() < deadline:
+            time.sleep(0.05)  # wait for this process's first complete save, however slow the machine
         time.sleep(delay)
         proc.kill()
         proc.wait()
+        kills_mid_save += any(".tmp-" in f for f in os.listdir(tmp_path))
         ckpt = torch.load(path, weights_only=True)
         assert torch.all(ckpt["weights"] == ckpt["version"])
+        for f in os.listdir(tmp_path):  # a killed save leaves its temporary file behind; the next run may clean it
+            if ".tmp-" in f:
+                os.remove(os.path.join(tmp_path, f))
+    assert kills_mid_save >= 1  # the kill did land inside a save at least once
 
 
 def test_unwritable_output_is_reported_before_training(tmp_path, capsys):
