@@ -17,6 +17,7 @@ the model sees the same crop distribution at the same antialiased quality, for l
 """
 import argparse
 import colorsys
+import functools
 import io
 import math
 import os
@@ -245,9 +246,15 @@ def to_device_normalized(images, device, channels_last):
     images = images.to(device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+    mean, std = normalization_constants(torch.device(device))
     return images.float().sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=None)
+def normalization_constants(device):
+    """ImageNet mean and std in 0-255 units on `device`, made once, not copied to the GPU every step."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+    return mean, torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
 
 
 # ------------------------------------------------------------------------------------------ train.py's loaders
