@@ -22,6 +22,7 @@ import io
 import math
 import os
 import random
+import signal
 import sys
 
 import torch
@@ -238,7 +239,16 @@ def make_loader(dataset, batch_size, sampler, workers, pin_memory, drop_last, co
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         drop_last=drop_last, collate_fn=collate_fn, persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None, generator=torch.Generator())
+        prefetch_factor=4 if workers > 0 else None, generator=torch.Generator(), worker_init_fn=exit_quietly_on_signal)
+
+
+def exit_quietly_on_signal(worker_id):
+    """SLURM (scancel, time limit) and `kill -- -PGID` send SIGTERM to every process, the loader's workers too, and
+    Ctrl-C sends SIGINT to all of them. torch's worker dies by the signal, and the main process then gets torch's
+    'worker killed' error at whatever line it is on. A worker that exits with status 0 instead leaves the main
+    process alone: it finishes its step and saves its position (train.py's StopRequested)."""
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda signum, frame: os._exit(0))
 
 
 def to_device_normalized(images, device, channels_last):

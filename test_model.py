@@ -439,6 +439,23 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_sigterm_to_the_whole_process_group_with_workers(tmp_path):
+    """As SLURM's scancel and time limit do: every process, data loader workers included, gets SIGTERM."""
+    root = make_image_folder(tmp_path / "d", train_per_class=12)
+    out = str(tmp_path / "out")
+    cmd = [sys.executable, os.path.join(HERE, "train.py"), "--data", root, "--epochs", "2"] + TINY + \
+        ["--log-every", "1", "--workers", "2", "--output", out]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1/2 step 2/6"):
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    assert ckpt["epoch"] == 0 and 0 < ckpt["samples_done"] < 24 and ckpt["step"] * 4 == ckpt["samples_done"]
+
+
 SAVE_FOREVER = """
 import os, sys, torch
 sys.path.insert(0, {here!r})
