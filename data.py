@@ -24,6 +24,7 @@ import os
 import random
 import signal
 import sys
+import threading
 
 import torch
 from PIL import Image, ImageDraw, ImageFilter
@@ -239,16 +240,26 @@ def make_loader(dataset, batch_size, sampler, workers, pin_memory, drop_last, co
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         drop_last=drop_last, collate_fn=collate_fn, persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None, generator=torch.Generator(), worker_init_fn=exit_quietly_on_signal)
+        prefetch_factor=4 if workers > 0 else None, generator=torch.Generator(),
+        worker_init_fn=functools.partial(ignore_signals_not_from, os.getpid()))
 
 
-def exit_quietly_on_signal(worker_id):
-    """SLURM (scancel, time limit) and `kill -- -PGID` send SIGTERM to every process, the loader's workers too, and
-    Ctrl-C sends SIGINT to all of them. torch's worker dies by the signal, and the main process then gets torch's
-    'worker killed' error at whatever line it is on. A worker that exits with status 0 instead leaves the main
-    process alone: it finishes its step and saves its position (train.py's StopRequested)."""
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, lambda signum, frame: os._exit(0))
+def ignore_signals_not_from(main_pid, worker_id):
+    """A loader worker's signal handling: SIGTERM from the main process (the loader shutting it down) ends it, as
+    in torch's own worker; SIGTERM and SIGINT from anyone else are ignored. SLURM's step signals, torchrun (which
+    signals each rank's whole process group) and Ctrl-C reach the workers too. torch's worker would die of them,
+    and the main process would get torch's 'worker killed' error at whatever line it is on; this way the workers
+    keep serving batches while the main process finishes its step, votes and saves (train.py's StopRequested)."""
+    signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # delivered to the waiting thread below, not to a handler
+
+    def wait_for_signals():
+        while True:
+            info = signal.sigwaitinfo(signals)
+            if info.si_signo == signal.SIGTERM and info.si_pid == main_pid:
+                os._exit(0)
+
+    threading.Thread(target=wait_for_signals, daemon=True).start()
 
 
 def to_device_normalized(images, device, channels_last):

@@ -416,6 +416,26 @@ def test_torchrun_two_process_gloo_job(tmp_path):
     assert single["loss"] == pytest.approx(final["val_loss"], rel=1e-5)
 
 
+def test_sigterm_to_torchrun_with_loader_workers_saves_the_voted_position(tmp_path):
+    """torchrun passes SIGTERM to each rank's whole process group, loader workers included (os.killpg). The workers
+    must keep serving until the ranks' stop vote (every --log-every steps), which is more batches than they had
+    prefetched here (1 worker x 4); then rank 0 saves the position."""
+    root = make_image_folder(tmp_path / "d", train_per_class=48)  # 96 images, 2 ranks x batch 4: 12 steps per epoch
+    out = str(tmp_path / "out")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", os.path.join(HERE, "train.py"),
+           "--data", root, "--epochs", "2", "--output", out, "--device", "cpu"] + TINY + ["--workers", "1", "--log-every", "6"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in proc.stdout:
+        if line.startswith("epoch 1/2 step 6/12"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    output = proc.communicate(timeout=120)[0]
+    assert "stopped by signal 15" in output and "DataLoader worker" not in output, output[-3000:]
+    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    assert 6 < ckpt["step"] < 24 and ckpt["step"] == 12 * ckpt["epoch"] + ckpt["samples_done"] // 4
+
+
 def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     root = make_image_folder(tmp_path / "d", train_per_class=12)  # 24 images: 6 steps per epoch at batch 4
     common = ["--data", root, "--epochs", "2"] + TINY + ["--log-every", "1"]

@@ -262,7 +262,6 @@ def train_one_epoch(run, loader, sampler, epoch):
     net.train()
     steps_in_epoch = run["steps_per_epoch"]
     first = sampler.skip // args.batch_size if sampler is not None else 0
-    run["samples_done"] = first * args.batch_size  # the position a stop before this epoch's first step saves
     loss_sum, loss_count = torch.zeros((), device=device), 0
     epoch_loss, epoch_count, images_seen, wait = 0.0, 0, 0, 0.0
     start = window_start = time.perf_counter()
@@ -275,13 +274,6 @@ def train_one_epoch(run, loader, sampler, epoch):
             images, labels, bad = next(batches)
         except StopIteration:
             break
-        except RuntimeError:
-            # The signal reached the loader's workers too and they left (data.exit_quietly_on_signal). With DDP this
-            # rank leaves without the stop vote and the others block until killed: last.pt is the previous one, or
-            # rank 0's position if rank 0 got here first (consistent either way: every save is after a whole step).
-            if not run["stop"].signum:
-                raise
-            return None
         waited = time.perf_counter() - t0
         wait, window_wait = wait + waited, window_wait + waited
         for b in bad:
@@ -378,13 +370,6 @@ def save_last(run, next_epoch, samples_done):
     run["last_save"] = time.perf_counter()
 
 
-def save_and_exit_on_signal(run, next_epoch, samples_done):
-    save_last(run, next_epoch, samples_done)
-    log(run["rank"], f"stopped by signal {run['stop'].signum} at epoch {next_epoch + 1} step {run['step']}; saved "
-        f"{run['args'].output}/last.pt. Continue with the same command plus --resume auto")
-    sys.exit(128 + run["stop"].signum)
-
-
 def restore(run, ckpt):
     """Load a full checkpoint (last.pt, best.pt) into the run, or a plain state_dict (model.pt) for evaluation."""
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
@@ -461,23 +446,21 @@ def main(argv=None):
             train_loader.generator.manual_seed(args.seed * 100003 + epoch * 1009 + rank)  # worker seeds: f(seed, epoch, rank)
         result = train_one_epoch(run, train_loader, sampler, epoch)
         if result is None:  # SIGTERM/SIGINT: save the position inside the epoch and leave
-            save_and_exit_on_signal(run, epoch, run["samples_done"])
+            save_last(run, epoch, run["samples_done"])
+            log(rank, f"stopped by signal {run['stop'].signum} at epoch {epoch + 1} step {run['step']}; saved "
+                f"{args.output}/last.pt. Continue with the same command plus --resume auto")
+            sys.exit(128 + run["stop"].signum)
         train_loss, images_seen, seconds, wait = result
         if world > 1:
             sync_buffers(run)
         metrics = {"epoch": epoch + 1, "lr": run["optimizer"].param_groups[0]["lr"], "train_loss": train_loss,
                    "img_per_s": images_seen / seconds, "epoch_time_s": seconds, "data_wait_share": wait / seconds}
         if val_loader is not None:
-            try:
-                val = evaluate(eval_net, val_loader, device, args, world)
-                metrics.update({f"val_{k}": v for k, v in val.items()})
-                if run["ema"] is not None:
-                    ema_val = evaluate(run["ema"], val_loader, device, args, world)
-                    metrics.update({"ema_top1": ema_val["top1"], "ema_top5": ema_val["top5"], "ema_loss": ema_val["loss"]})
-            except RuntimeError:  # a signal during evaluation ended the val workers: keep the trained epoch, leave
-                if not run["stop"].signum:
-                    raise
-                save_and_exit_on_signal(run, epoch + 1, 0)
+            val = evaluate(eval_net, val_loader, device, args, world)
+            metrics.update({f"val_{k}": v for k, v in val.items()})
+            if run["ema"] is not None:
+                ema_val = evaluate(run["ema"], val_loader, device, args, world)
+                metrics.update({"ema_top1": ema_val["top1"], "ema_top5": ema_val["top5"], "ema_loss": ema_val["loss"]})
             score = max(metrics["val_top1"], metrics.get("ema_top1", 0))
             if rank == 0 and score > run["best_top1"]:
                 run["best_top1"] = score
