@@ -250,6 +250,8 @@ def ignore_signals_not_from(main_pid, worker_id):
     signals each rank's whole process group) and Ctrl-C reach the workers too. torch's worker would die of them,
     and the main process would get torch's 'worker killed' error at whatever line it is on; this way the workers
     keep serving batches while the main process finishes its step, votes and saves (train.py's StopRequested)."""
+    if not hasattr(signal, "sigwaitinfo"):  # macOS and Windows lack it: torch's default handling stays
+        return
     signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # delivered to the waiting thread below, not to a handler
 
