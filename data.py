@@ -150,17 +150,6 @@ class FastResizeCenterCrop:
         return decode_crop_resize(image, box, (self.size, self.size))
 
 
-class UInt8RandomErasing:
-    """torchvision's RandomErasing(value=0) after Normalize, done on the uint8 image: it fills with the mean."""
-
-    def __init__(self, p):
-        import torchvision.transforms as T
-        self.erase = T.RandomErasing(p=p, value=tuple(round(255 * m) for m in IMAGENET_MEAN))
-
-    def __call__(self, tensor):
-        return self.erase(tensor)
-
-
 def train_transform(size, auto_augment="ta_wide", random_erase=0.1, min_scale=0.08, crop=True):
     """Crop + flip (unless crop=False: the GPU path crops on the device), TrivialAugmentWide, uint8, erasing."""
     import torchvision.transforms as T
@@ -169,8 +158,8 @@ def train_transform(size, auto_augment="ta_wide", random_erase=0.1, min_scale=0.
         steps.append(T.TrivialAugmentWide(interpolation=T.InterpolationMode.BILINEAR))
     if crop:
         steps.append(T.PILToTensor())
-    if random_erase > 0:
-        steps.append(UInt8RandomErasing(random_erase))
+    if random_erase > 0:  # RandomErasing(value=0) after Normalize, done on the uint8 image: fill with the mean
+        steps.append(T.RandomErasing(p=random_erase, value=tuple(round(255 * m) for m in IMAGENET_MEAN)))
     return T.Compose(steps) if steps else None
 
 
@@ -221,19 +210,6 @@ class ResumableDistributedSampler(torch.utils.data.DistributedSampler):
 
     def __len__(self):
         return self.num_samples - self.skip
-
-
-class ShardSampler(torch.utils.data.Sampler):
-    """Every rank-th index starting at rank: a split of the val set with no padding and no duplicates."""
-
-    def __init__(self, length, num_replicas, rank):
-        self.indices = list(range(rank, length, num_replicas))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
 
 
 def make_loader(dataset, batch_size, sampler, workers, pin_memory, drop_last, collate_fn=collate_skipping_bad):
@@ -309,7 +285,8 @@ def build_loaders(args, rank, world, device):
     sampler = ResumableDistributedSampler(train_set, world, rank, args.seed)
     collate = collate_encoded if args.decode == "gpu" else collate_skipping_bad
     train_loader = make_loader(train_set, args.batch_size, sampler, args.workers, pin, True, collate)
-    val_loader = make_loader(val_set, args.batch_size, ShardSampler(len(val_set), world, rank), args.workers, pin, False)
+    val_shard = range(rank, len(val_set), world)  # every world-th image: no padding, no duplicates, exact counts
+    val_loader = make_loader(val_set, args.batch_size, val_shard, args.workers, pin, False)
     return len(classes), train_loader, sampler, val_loader
 
 
