@@ -379,6 +379,7 @@ def test_crop_box_stays_inside_the_image():
             left, top, w, h = data.random_resized_crop_box(width, height)
             assert 0 <= left and left + w <= width and 0 <= top and top + h <= height and w > 0 and h > 0
 
+
 def test_random_erasing_on_uint8_fills_with_the_mean():
     # torchvision's RandomErasing(value=0) comes after Normalize; on the uint8 image that zero is the mean colour.
     torch.manual_seed(0)
@@ -389,7 +390,6 @@ def test_random_erasing_on_uint8_fills_with_the_mean():
     assert out.dtype == torch.uint8 and erased.any() and not erased.all()
     mean = torch.tensor([round(255 * m) for m in data.IMAGENET_MEAN], dtype=torch.uint8)  # 124, 116, 104
     assert torch.equal(out.permute(1, 2, 0)[erased], mean.expand(int(erased.sum()), 3))
-
 
 
 # ------------------------------------------------------------------------- distributed, preemption, crash safety
