@@ -440,6 +440,11 @@ def test_sigterm_to_torchrun_with_loader_workers_saves_the_voted_position(tmp_pa
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     for line in proc.stdout:
         if line.startswith("epoch 1/2 step 6/12"):
+            # Rank 0 prints this just before the step-6 vote; on a loaded machine the other rank can reach that vote
+            # after a signal sent at once, and the run stops at step 6 (correct, but then the workers never had to
+            # outlast their prefetch). Half a second lets both ranks vote first; the stop then comes at the vote at
+            # step 12 (or 18 on a fast machine), 0.2-0.4 s per step on 2 loaded cores.
+            time.sleep(0.5)
             proc.send_signal(signal.SIGTERM)
             break
     output = proc.communicate(timeout=120)[0]

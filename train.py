@@ -256,80 +256,74 @@ def evaluate(net, loader, device, args, world):
     return {"loss": loss / max(count, 1), "top1": 100 * top1 / max(count, 1), "top5": 100 * top5 / max(count, 1), "images": int(count)}
 
 
+def train_step(run, images, labels):
+    """One SGD step at the scheduled LR (and an EMA update). Returns the loss, still on the device: no host sync."""
+    args, device, optimizer, scaler = run["args"], run["device"], run["optimizer"], run["scaler"]
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(run["step"], run["total_steps"], run["warmup_steps"], run["peak_lr"])
+    if args.decode == "gpu":
+        images = data.decode_batch_on_device(images, args.train_res, device, run["gpu_augment"])
+    images = data.to_device_normalized(images, device, args.channels_last)
+    images, targets = run["mixer"](images, labels.to(device, non_blocking=True))
+    with autocast(args, device):
+        loss = augment.soft_cross_entropy(run["net"](images), targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    if run["ema"] is not None:
+        if run["step"] < run["warmup_steps"]:
+            run["ema"].n_averaged.zero_()  # as torchvision: the EMA follows the weights until warmup ends
+        run["ema"].update_parameters(run["raw"])
+    return loss.detach()
+
+
 def train_one_epoch(run, loader, sampler, epoch):
-    """One pass over this rank's shard (from `sampler.skip` on). Returns (mean loss, images, seconds, data wait)."""
-    args, net, device = run["args"], run["net"], run["device"]
-    net.train()
-    steps_in_epoch = run["steps_per_epoch"]
+    """One pass over this rank's shard (from `sampler.skip` on). Returns (mean loss, images, seconds, data wait), or
+    None when a stop signal arrived (run["samples_done"] holds the position to save)."""
+    args, world, steps_in_epoch = run["args"], run["world"], run["steps_per_epoch"]
+    run["net"].train()
     first = sampler.skip // args.batch_size if sampler is not None else 0
-    loss_sum, loss_count = torch.zeros((), device=device), 0
+    loss_sum, loss_count = torch.zeros((), device=run["device"]), 0
     epoch_loss, epoch_count, images_seen, wait = 0.0, 0, 0, 0.0
-    start = window_start = time.perf_counter()
+    start = window_start = t0 = time.perf_counter()
     window_images, window_wait = 0, 0.0
-    lr = run["optimizer"].param_groups[0]["lr"]
-    batches = iter(loader)
-    for i in range(first, steps_in_epoch):
-        t0 = time.perf_counter()
-        try:
-            images, labels, bad = next(batches)
-        except StopIteration:
-            break
+    for i, (images, labels, bad) in enumerate(loader, start=first):
         waited = time.perf_counter() - t0
         wait, window_wait = wait + waited, window_wait + waited
-        for b in bad:
-            if b not in run["bad_files"]:
-                run["bad_files"].add(b)
-                print(f"warning: skipping unreadable image {b}", file=sys.stderr, flush=True)
+        for b in [b for b in bad if b not in run["bad_files"]]:
+            run["bad_files"].add(b)
+            print(f"warning: skipping unreadable image {b}", file=sys.stderr, flush=True)
         run["samples_done"] = (i + 1) * args.batch_size
         if images is not None and len(images):
-            lr = lr_at(run["step"], run["total_steps"], run["warmup_steps"], run["peak_lr"])
-            for group in run["optimizer"].param_groups:
-                group["lr"] = lr
-            if args.decode == "gpu":
-                images = data.decode_batch_on_device(images, args.train_res, device, run["gpu_augment"])
-            images = data.to_device_normalized(images, device, args.channels_last)
-            labels = labels.to(device, non_blocking=True)
-            images, targets = run["mixer"](images, labels)
-            with autocast(args, device):
-                loss = augment.soft_cross_entropy(net(images), targets)
-            run["optimizer"].zero_grad(set_to_none=True)
-            run["scaler"].scale(loss).backward()
-            run["scaler"].step(run["optimizer"])
-            run["scaler"].update()
-            if run["ema"] is not None:
-                if run["step"] < run["warmup_steps"]:
-                    run["ema"].n_averaged.zero_()  # as torchvision: the EMA follows the weights until warmup ends
-                run["ema"].update_parameters(run["raw"])
-            loss_sum += loss.detach()
-            loss_count += 1
-            window_images += labels.numel() * run["world"]
-            images_seen += labels.numel() * run["world"]
+            loss_sum, loss_count = loss_sum + train_step(run, images, labels), loss_count + 1
+            window_images, images_seen = window_images + len(labels) * world, images_seen + len(labels) * world
         run["step"] += 1
         last = i + 1 == steps_in_epoch or run["step"] == run["max_steps"]
         save_due = run["save_every_s"] and time.perf_counter() - run["last_save"] > run["save_every_s"]
         # Collectives (loss read, stop vote) happen at the same steps on every rank; alone, any step may stop or save.
-        at_log = run["step"] % args.log_every == 0 or last or (run["world"] == 1 and (run["stop"].signum or save_due))
-        if at_log:
-            mean = read_mean_loss(run, loss_sum, loss_count, lr)  # exits on NaN/inf before anything is saved
+        if run["step"] % args.log_every == 0 or last or (world == 1 and (run["stop"].signum or save_due)):
+            mean = read_mean_loss(run, loss_sum, loss_count)  # exits on NaN/inf before anything is saved
             epoch_loss, epoch_count = epoch_loss + mean * loss_count, epoch_count + loss_count
-            loss_sum, loss_count = torch.zeros((), device=device), 0
             now = time.perf_counter()
             rate = window_images / max(now - window_start, 1e-9)
-            eta = (run["total_steps"] - run["step"]) * args.batch_size * run["world"] / max(rate, 1e-9)
-            log(run["rank"], f"epoch {epoch + 1}/{args.epochs} step {i + 1}/{steps_in_epoch} loss {mean:.4f} lr {lr:.4g} "
-                f"img/s {rate:.0f} data {100 * window_wait / max(now - window_start, 1e-9):.0f}% "
-                f"eta {datetime.timedelta(seconds=int(eta))}")
+            eta = (run["total_steps"] - run["step"]) * args.batch_size * world / max(rate, 1e-9)
+            log(run["rank"], f"epoch {epoch + 1}/{args.epochs} step {i + 1}/{steps_in_epoch} loss {mean:.4f} "
+                f"lr {run['optimizer'].param_groups[0]['lr']:.4g} img/s {rate:.0f} "
+                f"data {100 * window_wait / max(now - window_start, 1e-9):.0f}% eta {datetime.timedelta(seconds=int(eta))}")
+            loss_sum, loss_count = torch.zeros((), device=run["device"]), 0
             window_start, window_images, window_wait = now, 0, 0.0
-            if run["stop"].signum if run["world"] == 1 else stop_requested_anywhere(run):
+            if run["stop"].signum if world == 1 else stop_requested_anywhere(run):
                 return None
             if save_due and not last:
                 save_last(run, epoch, run["samples_done"])
         if last:
             break
+        t0 = time.perf_counter()
     return epoch_loss / max(epoch_count, 1), images_seen, time.perf_counter() - start, wait
 
 
-def read_mean_loss(run, loss_sum, count, lr):
+def read_mean_loss(run, loss_sum, count):
     """The one host sync: the mean loss since the last read, over all ranks. A NaN/inf stops the run here."""
     totals = torch.stack([loss_sum.float(), torch.tensor(float(count), device=loss_sum.device)])
     if run["world"] > 1:
@@ -337,8 +331,9 @@ def read_mean_loss(run, loss_sum, count, lr):
     total, n = totals.tolist()
     mean = total / max(n, 1)
     if not math.isfinite(mean):
-        fail(f"loss is {mean} at step {run['step']} (lr {lr:.4g}); nothing was saved after the last good checkpoint "
-             f"in {run['args'].output}. Try a lower --lr, a longer --warmup-epochs, or --amp bf16/off instead of fp16.", code=3)
+        fail(f"loss is {mean} at step {run['step']} (lr {run['optimizer'].param_groups[0]['lr']:.4g}); nothing was saved "
+             f"after the last good checkpoint in {run['args'].output}. Try a lower --lr, a longer --warmup-epochs, "
+             "or --amp bf16/off instead of fp16.", code=3)
     return mean
 
 
@@ -388,6 +383,30 @@ def restore(run, ckpt):
     run["step"], run["best_top1"], run["start_epoch"] = ckpt["step"], ckpt["best_top1"], ckpt["epoch"]
     run["skip"] = ckpt["samples_done"]
     set_rng_states(ckpt["rng"])
+
+
+def end_epoch(run, epoch, train_loss, images_seen, seconds, wait, eval_net, val_loader):
+    """Evaluate the raw (and EMA) weights, save best.pt and last.pt, append to metrics.jsonl; return the metrics."""
+    args, rank, world, device = run["args"], run["rank"], run["world"], run["device"]
+    if world > 1:
+        sync_buffers(run)
+    metrics = {"epoch": epoch + 1, "lr": run["optimizer"].param_groups[0]["lr"], "train_loss": train_loss,
+               "img_per_s": images_seen / seconds, "epoch_time_s": seconds, "data_wait_share": wait / seconds}
+    if val_loader is not None:
+        metrics.update({f"val_{k}": v for k, v in evaluate(eval_net, val_loader, device, args, world).items()})
+        if run["ema"] is not None:
+            ema_val = evaluate(run["ema"], val_loader, device, args, world)
+            metrics.update({"ema_top1": ema_val["top1"], "ema_top5": ema_val["top5"], "ema_loss": ema_val["loss"]})
+        score = max(metrics["val_top1"], metrics.get("ema_top1", 0))
+        if rank == 0 and score > run["best_top1"]:
+            run["best_top1"] = score
+            save_checkpoint(checkpoint(run, epoch + 1, 0), os.path.join(args.output, "best.pt"))
+    save_last(run, epoch + 1, 0)
+    if rank == 0:
+        with open(os.path.join(args.output, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+    log(rank, "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+    return metrics
 
 
 def main(argv=None):
@@ -450,26 +469,7 @@ def main(argv=None):
             log(rank, f"stopped by signal {run['stop'].signum} at epoch {epoch + 1} step {run['step']}; saved "
                 f"{args.output}/last.pt. Continue with the same command plus --resume auto")
             sys.exit(128 + run["stop"].signum)
-        train_loss, images_seen, seconds, wait = result
-        if world > 1:
-            sync_buffers(run)
-        metrics = {"epoch": epoch + 1, "lr": run["optimizer"].param_groups[0]["lr"], "train_loss": train_loss,
-                   "img_per_s": images_seen / seconds, "epoch_time_s": seconds, "data_wait_share": wait / seconds}
-        if val_loader is not None:
-            val = evaluate(eval_net, val_loader, device, args, world)
-            metrics.update({f"val_{k}": v for k, v in val.items()})
-            if run["ema"] is not None:
-                ema_val = evaluate(run["ema"], val_loader, device, args, world)
-                metrics.update({"ema_top1": ema_val["top1"], "ema_top5": ema_val["top5"], "ema_loss": ema_val["loss"]})
-            score = max(metrics["val_top1"], metrics.get("ema_top1", 0))
-            if rank == 0 and score > run["best_top1"]:
-                run["best_top1"] = score
-                save_checkpoint(checkpoint(run, epoch + 1, 0), os.path.join(args.output, "best.pt"))
-        save_last(run, epoch + 1, 0)
-        if rank == 0:
-            with open(os.path.join(args.output, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-        log(rank, "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+        metrics = end_epoch(run, epoch, *result, eval_net, val_loader)
         if run["step"] >= run["max_steps"]:
             break
     if rank == 0 and metrics is not None:
