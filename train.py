@@ -289,15 +289,14 @@ def train_one_epoch(run, loader, sampler, epoch):
     start = window_start = t0 = time.perf_counter()
     window_images, window_wait = 0, 0.0
     for i, (images, labels, bad) in enumerate(loader, start=first):
-        waited = time.perf_counter() - t0
-        wait, window_wait = wait + waited, window_wait + waited
+        window_wait += time.perf_counter() - t0
         for b in [b for b in bad if b not in run["bad_files"]]:
             run["bad_files"].add(b)
             print(f"warning: skipping unreadable image {b}", file=sys.stderr, flush=True)
         run["samples_done"] = (i + 1) * args.batch_size
         if images is not None and len(images):
             loss_sum, loss_count = loss_sum + train_step(run, images, labels), loss_count + 1
-            window_images, images_seen = window_images + len(labels) * world, images_seen + len(labels) * world
+            window_images += len(labels) * world
         run["step"] += 1
         last = i + 1 == steps_in_epoch or run["step"] == run["max_steps"]
         save_due = run["save_every_s"] and time.perf_counter() - run["last_save"] > run["save_every_s"]
@@ -312,6 +311,7 @@ def train_one_epoch(run, loader, sampler, epoch):
                 f"lr {run['optimizer'].param_groups[0]['lr']:.4g} img/s {rate:.0f} "
                 f"data {100 * window_wait / max(now - window_start, 1e-9):.0f}% eta {datetime.timedelta(seconds=int(eta))}")
             loss_sum, loss_count = torch.zeros((), device=run["device"]), 0
+            images_seen, wait = images_seen + window_images, wait + window_wait  # the epoch's last step always logs
             window_start, window_images, window_wait = now, 0, 0.0
             if run["stop"].signum if world == 1 else stop_requested_anywhere(run):
                 return None
