@@ -2,7 +2,7 @@
 
 Needs torch, torchvision, pillow and the files beside it (model.py, init.py, augment.py, data.py).
 
-    python train.py                                   # built-in demo: ~3 min on a 2-core CPU, >80% top-1
+    python train.py                                   # built-in demo: ~2 min on a 2-core CPU, 93% top-1
     python train.py --data /imagenet --epochs 100     # ImageNet, one GPU
     torchrun --nproc_per_node=8 train.py --data /imagenet --epochs 100 --batch-size 128   # one node, 8 GPUs
     python train.py --data synthetic --epochs 1       # random tensors on the device: the model's own speed
@@ -31,8 +31,8 @@ import data
 import init
 import model as models
 
-# The built-in demo (no --data): small settings that finish in about 3 minutes on 2 CPU cores. Flags given on the
-# command line still win.
+# The built-in demo (no --data): small settings that finish in about 2 minutes on 2 CPU cores (BENCHMARKS.md,
+# "Demo"). Flags given on the command line still win.
 DEMO = dict(epochs=6, batch_size=32, lr=2.0, zero_init_residual=True, warmup_epochs=1, weight_decay=5e-5, label_smoothing=0.0, mixup=0.0,
             cutmix=0.0, auto_augment="none", random_erase=0.0, min_scale=0.5, train_res=48, val_res=48,
             val_resize=48, workers=2, output="runs/demo")
