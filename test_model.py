@@ -258,6 +258,9 @@ def test_lr_schedule_warmup_middle_end():
     assert train.lr_at(warm + (total - warm) // 2, total, warm, peak) == pytest.approx(peak / 2)
     assert train.lr_at(total - 1, total, warm, peak) == pytest.approx(0, abs=1e-5)
     assert train.lr_at(total, total, warm, peak) == 0
+    assert train.lr_at(warm - 1, total, warm, peak, "linear") == pytest.approx(peak)  # the same warmup
+    assert train.lr_at(warm + (total - warm) // 4, total, warm, peak, "linear") == pytest.approx(0.75 * peak)
+    assert train.lr_at(total, total, warm, peak, "linear") == 0
 
 
 def test_end_to_end_checkpoints_metrics_and_torchvision_roundtrip(tmp_path):

@@ -55,7 +55,9 @@ def get_args(argv=None):
     a("--lr", type=float, default=0.5, help="peak LR per 1024 images of global batch; the peak is lr x global_batch/1024 (linear scaling, Goyal et al. 2017)")
     a("--momentum", type=float, default=0.9, help="SGD momentum")
     a("--weight-decay", type=float, default=2e-5, help="weight decay on conv and fc weights (none on BatchNorm and biases)")
-    a("--warmup-epochs", type=float, default=5, help="linear warmup from 0 to the peak LR, then cosine to 0; set every step")
+    a("--warmup-epochs", type=float, default=5, help="linear warmup from 0 to the peak LR, then --decay to 0; set every step")
+    a("--decay", default="cosine", choices=["cosine", "linear"], help="LR decay after warmup, to 0 at the last step: cosine "
+      "(torchvision's recipe) or linear (Li et al. 2020, 'Budgeted Training', found it robust for short budgets)")
     a("--label-smoothing", type=float, default=0.1, help="label smoothing")
     a("--mixup", type=float, default=0.2, help="mixup alpha (0 = off)")
     a("--cutmix", type=float, default=1.0, help="cutmix alpha (0 = off); with both on, one of the two per batch")
@@ -167,12 +169,14 @@ def make_ema(net, half_life_steps):
     return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def lr_at(step, total_steps, warmup_steps, peak_lr):
-    """Linear warmup from peak/warmup_steps to peak over warmup_steps, then cosine from peak to 0 at total_steps."""
+def lr_at(step, total_steps, warmup_steps, peak_lr, decay="cosine"):
+    """Linear warmup from peak/warmup_steps to peak over warmup_steps, then cosine (or linear) from peak to 0 at total_steps."""
     if step < warmup_steps:
         return peak_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    return 0.5 * peak_lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    if decay == "linear":
+        return peak_lr * (1.0 - progress)
+    return 0.5 * peak_lr * (1.0 + math.cos(math.pi * progress))
 
 
 def plain_state_dict(net):
@@ -260,7 +264,7 @@ def train_step(run, images, labels):
     """One SGD step at the scheduled LR (and an EMA update). Returns the loss, still on the device: no host sync."""
     args, device, optimizer, scaler = run["args"], run["device"], run["optimizer"], run["scaler"]
     for group in optimizer.param_groups:
-        group["lr"] = lr_at(run["step"], run["total_steps"], run["warmup_steps"], run["peak_lr"])
+        group["lr"] = lr_at(run["step"], run["total_steps"], run["warmup_steps"], run["peak_lr"], args.decay)
     if args.decode == "gpu":
         images = data.decode_batch_on_device(images, args.train_res, device, run["gpu_augment"])
     images = data.to_device_normalized(images, device, args.channels_last)
