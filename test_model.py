@@ -496,6 +496,45 @@ def test_sigterm_to_the_whole_process_group_with_workers(tmp_path):
     assert ckpt["epoch"] == 0 and 0 < ckpt["samples_done"] < 24 and ckpt["step"] * 4 == ckpt["samples_done"]
 
 
+EVALUATE_SLOWLY = """
+import sys, time
+sys.path.insert(0, {here!r})
+import train
+def evaluate_slowly(net, loader, *args):
+    for batch in loader:  # the loader workers are running now
+        print("evaluating", flush=True)
+        time.sleep(120)
+train.evaluate = evaluate_slowly
+train.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stop_signal_ends_eval_only_at_once(tmp_path, signum):
+    """--eval-only has nothing to save, so Ctrl-C or SIGTERM to the process group (loader workers included) must end
+    it at once, workers too, not be noted and ignored until the whole val set is done."""
+    root = make_image_folder(tmp_path / "d")
+    weights = str(tmp_path / "model.pt")
+    torch.save(model.resnet50(num_classes=2).state_dict(), weights)
+    script = tmp_path / "evaluate_slowly.py"
+    script.write_text(EVALUATE_SLOWLY.format(here=HERE))
+    cmd = [sys.executable, str(script), "--data", root, "--eval-only", "--resume", weights] + TINY + ["--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("evaluating"):
+            os.killpg(proc.pid, signum)
+            break
+    proc.communicate(timeout=60)  # evaluate_slowly would take 120 s: only the signal ends it sooner
+    assert proc.returncode == -signum  # killed by the signal itself, as Ctrl-C kills any command-line tool
+    for _ in range(100):  # the workers notice their main process is gone within a few seconds
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    pytest.fail("loader workers still running 20 s after their main process ended")
+
+
 SAVE_FOREVER = """
 import os, sys, torch
 sys.path.insert(0, {here!r})

@@ -455,7 +455,9 @@ def main(argv=None):
     if args.compile:
         net = torch.compile(net)
     run["net"] = net
-    if args.eval_only:
+    if args.eval_only:  # nothing to save: SIGTERM/SIGINT (Ctrl-C) end it at once, not after the whole val set
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_DFL)
         result = evaluate(eval_net, val_loader, device, args, world)
         log(rank, json.dumps({"checkpoint": args.resume, **{f"val_{k}": v for k, v in result.items()}}))
         return result
