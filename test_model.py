@@ -524,8 +524,8 @@ def test_stop_signal_ends_eval_only_at_once(tmp_path, signum):
         if line.startswith("evaluating"):
             os.killpg(proc.pid, signum)
             break
-    proc.communicate(timeout=60)  # evaluate_slowly would take 120 s: only the signal ends it sooner
-    assert proc.returncode == -signum  # killed by the signal itself, as Ctrl-C kills any command-line tool
+    stderr = proc.communicate(timeout=60)[1]  # evaluate_slowly would take 120 s: only the signal ends it sooner
+    assert proc.returncode == -signum, stderr[-3000:]  # killed by the signal itself, as Ctrl-C kills any CLI tool
     for _ in range(100):  # the workers notice their main process is gone within a few seconds
         try:
             os.killpg(proc.pid, 0)
