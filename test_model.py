@@ -295,6 +295,32 @@ def test_resume_after_epoch_equals_uninterrupted(tmp_path):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
 
 
+def test_adamw_decouples_weight_decay_and_spares_batchnorm():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    args = train.get_args(["--data", "x", "--opt", "adamw", "--weight-decay", "0.05"])
+    optimizer = train.build_optimizer(args, net, peak_lr=0.1)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    before = [p.detach().clone() for p in net.parameters()]
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)  # no gradient: only the decay moves the weights
+    optimizer.step()
+    conv_w, conv_b, bn_w, bn_b = [p.detach() for p in net.parameters()]
+    assert torch.allclose(conv_w, before[0] * (1 - 0.1 * 0.05))  # decoupled: w <- w (1 - lr wd)
+    assert all(torch.equal(p, q) for p, q in zip((conv_b, bn_w, bn_b), before[1:]))
+
+
+def test_adamw_run_resumes_and_refuses_another_optimizer(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "d")
+    common = ["--data", root, "--epochs", "2", "--model", "tv_resnet50", "--weight-decay", "0.01"]
+    run_train(common + ["--opt", "adamw", "--max-steps", "3"] + TINY, tmp_path, "part")
+    with pytest.raises(SystemExit) as stop:
+        run_train(common + ["--opt", "sgd", "--resume", "auto"] + TINY, tmp_path, "part")
+    assert stop.value.code == 2 and "trained with --opt adamw, not --opt sgd" in capsys.readouterr().err
+    metrics, out = run_train(common + ["--opt", "adamw", "--resume", "auto"] + TINY, tmp_path, "part")
+    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    assert ckpt["step"] == 6 and "exp_avg_sq" in ckpt["optimizer"]["state"][0] and math.isfinite(metrics["val_loss"])
+
+
 @pytest.mark.parametrize("case", ["missing", "no_val", "empty_class", "class_mismatch", "bad_flag", "not_a_checkpoint"])
 def test_bad_input_one_line_exit_2(tmp_path, capsys, case):
     root = tmp_path / "d"

@@ -53,8 +53,11 @@ def get_args(argv=None):
     a("--epochs", type=int, default=100, help="training epochs")
     a("--batch-size", type=int, default=256, help="images per process per step (global batch = this x processes)")
     a("--lr", type=float, default=0.5, help="peak LR per 1024 images of global batch; the peak is lr x global_batch/1024 (linear scaling, Goyal et al. 2017)")
-    a("--momentum", type=float, default=0.9, help="SGD momentum")
-    a("--weight-decay", type=float, default=2e-5, help="weight decay on conv and fc weights (none on BatchNorm and biases)")
+    a("--opt", default="sgd", choices=["sgd", "adamw"], help="sgd: SGD with momentum, L2 weight decay (the recipe); adamw: "
+      "AdamW (Loshchilov & Hutter 2019) with betas (--momentum, 0.99), eps 1e-6 and decoupled weight decay (lr x wd)")
+    a("--momentum", type=float, default=0.9, help="SGD momentum (AdamW's beta1)")
+    a("--weight-decay", type=float, default=2e-5, help="weight decay on conv and fc weights (none on BatchNorm and biases); an L2 term with sgd, "
+      "decoupled with adamw (where 0.01-0.05 is usual)")
     a("--warmup-epochs", type=float, default=5, help="linear warmup from 0 to the peak LR, then --decay to 0; set every step")
     a("--decay", default="cosine", choices=["cosine", "linear"], help="LR decay after warmup, to 0 at the last step: cosine "
       "(torchvision's recipe) or linear (Li et al. 2020, 'Budgeted Training', found it robust for short budgets)")
@@ -160,6 +163,8 @@ def build_optimizer(args, net, peak_lr):
     no_decay = [p for p in net.parameters() if p.ndim <= 1]  # BatchNorm weights and all biases
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = next(net.parameters()).is_cuda  # one fused kernel for the whole update on CUDA
+    if args.opt == "adamw":  # beta2 0.99 and eps 1e-6: fastai's train_imagenette.py defaults for its Adam family
+        return torch.optim.AdamW(groups, lr=peak_lr, betas=(args.momentum, 0.99), eps=1e-6, fused=fused or None)
     return torch.optim.SGD(groups, lr=peak_lr, momentum=args.momentum, fused=fused or None)
 
 
@@ -261,7 +266,7 @@ def evaluate(net, loader, device, args, world):
 
 
 def train_step(run, images, labels):
-    """One SGD step at the scheduled LR (and an EMA update). Returns the loss, still on the device: no host sync."""
+    """One optimiser step at the scheduled LR (and an EMA update). Returns the loss, still on the device: no host sync."""
     args, device, optimizer, scaler = run["args"], run["device"], run["optimizer"], run["scaler"]
     for group in optimizer.param_groups:
         group["lr"] = lr_at(run["step"], run["total_steps"], run["warmup_steps"], run["peak_lr"], args.decay)
@@ -379,6 +384,8 @@ def restore(run, ckpt):
              f"classes ({str(error).splitlines()[0][:200]})")
     if "optimizer" not in ckpt:
         return
+    if ckpt["config"].get("opt", "sgd") != run["args"].opt:
+        fail(f"--resume {run['args'].resume} was trained with --opt {ckpt['config'].get('opt', 'sgd')}, not --opt {run['args'].opt}")
     run["optimizer"].load_state_dict(ckpt["optimizer"])
     run["scaler"].load_state_dict(ckpt["scaler"])
     if run["ema"] is not None and ckpt["ema"] is not None:
