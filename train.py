@@ -384,8 +384,9 @@ def restore(run, ckpt):
              f"classes ({str(error).splitlines()[0][:200]})")
     if "optimizer" not in ckpt:
         return
-    if ckpt["config"].get("opt", "sgd") != run["args"].opt:
-        fail(f"--resume {run['args'].resume} was trained with --opt {ckpt['config'].get('opt', 'sgd')}, not --opt {run['args'].opt}")
+    trained_with = ckpt["config"].get("opt", "sgd")  # checkpoints from before --opt are SGD's
+    if trained_with != run["args"].opt:
+        fail(f"--resume {run['args'].resume} was trained with --opt {trained_with}, not --opt {run['args'].opt}")
     run["optimizer"].load_state_dict(ckpt["optimizer"])
     run["scaler"].load_state_dict(ckpt["scaler"])
     if run["ema"] is not None and ckpt["ema"] is not None:
