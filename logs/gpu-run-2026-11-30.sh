@@ -5,6 +5,7 @@
 #   third_party/samples         (50 of the 300 imagenet-samples photos, every 6th class: all 300 do not fit the
 #                                64 MiB that travels beside imagenette)
 #   third_party/vision_ref      (torchvision references/classification at upstream 428a54c9)
+# (The two data folders travel as third_party/nette.tgz and samples.tgz: as files they came to more than 64 MiB.)
 # Each step runs only if the time it needs is left before DEADLINE (seconds), each under its own timeout; logs go to
 # $OUT/logs.tgz (refreshed after every step) and one summary line per step to stdout and $OUT/summary.txt.
 set -u
@@ -42,6 +43,7 @@ TVREF="third_party/vision_ref/train.py --data-path $D --model resnet50 --device 
     --norm-weight-decay 0 --label-smoothing 0.1 --train-crop-size 128 --val-resize-size 128 --val-crop-size 128
     --workers 12 --print-freq 50"
 
+for f in third_party/*.tgz; do tar xzf $f -C third_party; done
 say "start $(date -u +%FT%TZ) deadline ${DEADLINE}s"
 nvidia-smi -L | tee -a $OUT/summary.txt
 $PY -c "import torch, torchvision, sys; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'python', sys.version.split()[0])" | tee -a $OUT/summary.txt
