@@ -10,10 +10,13 @@ Needs torch, torchvision, pillow and the files beside it. Sections:
 `pipeline` times one data-loading worker (one core) on the same files in one run, alternating the two pipelines
 in rounds so that machine noise hits both alike, and reports the ratio. The GPU sections time `--steps` training
 steps after `--warmup` steps at batch 256, 224 px (and `--res 176`). `jpeg` and `reference` repeat the sample
-photos into an ImageNet-layout folder of links (`--repeat`) so an epoch is long enough to measure.
+photos into an ImageNet-layout folder of links (`--repeat`; by default as often as the timed steps need). `jpeg` warms
+the model up on a synthetic batch before its loader starts and times 10 x workers steps after skipping 2 x workers,
+so that batches the workers queued early cannot pass for their steady rate; it also times the loader alone.
 """
 import argparse
 import glob
+import math
 import os
 import re
 import subprocess
@@ -155,8 +158,9 @@ def bench_synthetic(args, device):
 
 # ------------------------------------------------------------------------------------------ real JPEGs
 
-def repeated_folder(images, repeat, root):
-    """An ImageNet-layout folder of links to `images`, each file `repeat` times, in train/ and val/."""
+def repeated_folder(images, repeat, link_dir):
+    """An ImageNet-layout folder of links to `images`, each file `repeat` times in train/, once in val/."""
+    root = os.path.join(link_dir, f"x{repeat}")
     if os.path.exists(os.path.join(root, "COMPLETE")):
         return root
     for split, times in (("train", repeat), ("val", 1)):
@@ -171,42 +175,92 @@ def repeated_folder(images, repeat, root):
     return root
 
 
+def jpeg_plan(args):
+    """(steps skipped, steps timed, repeat) for the CPU-decode rows. The workers start together and hand over their
+    first batches at once, so the first 2 x workers steps are skipped; each worker may then hold 4 batches ready
+    (data.make_loader's prefetch_factor), so at least 10 x workers steps are timed, enough that a queue filled early
+    could not lift the figure by more than about a tenth. `repeat` (0 = auto) makes the epoch long enough for that."""
+    skip, steps = 2 * args.workers, max(args.steps, 10 * args.workers)
+    files = sum(len(fs) for _, _, fs in os.walk(args.images))
+    return skip, steps, args.repeat or math.ceil((skip + steps) * args.batch / max(files, 1)) + 1
+
+
+def timed_loader(step, loader, skip, steps, device):
+    """img/s over `steps` steps after `skip`, the model warmed up beforehand, and the share of that time spent
+    waiting for the loader. step=None times the loader alone."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    it, wait, loss = iter(loader), 0.0, None
+    for _ in range(skip):
+        batch = next(it)
+        loss = step(*batch[:2]) if step else loss
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        t = time.perf_counter()
+        batch = next(it)
+        wait += time.perf_counter() - t
+        loss = step(*batch[:2]) if step else loss
+    if loss is not None:
+        loss.item()
+    sync()
+    seconds = time.perf_counter() - start
+    mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" and step else "-"
+    return steps * loader.batch_size / seconds, mem, 100 * wait / seconds
+
+
 def bench_jpeg(args, device):
-    root = repeated_folder(args.images, args.repeat, args.link_dir)
+    skip, steps, repeat = jpeg_plan(args)
+    root = repeated_folder(args.images, repeat, args.link_dir)
     torch.backends.cudnn.benchmark = True
+    amp, cl = ("bf16", True) if device.type == "cuda" else ("off", False)
     rows = []
     for res in args.res:
         for decode in ("cpu", "gpu"):
             targs = train.get_args(["--data", root, "--train-res", str(res), "--batch-size", str(args.batch), "--workers",
                                     str(args.workers), "--decode", decode, "--device", device.type])
-            _, loader, sampler, _ = data.build_loaders(targs, 0, 1, device)
+            _, loader, _, _ = data.build_loaders(targs, 0, 1, device)
             gpu_aug = data.train_transform(res, targs.auto_augment, targs.random_erase, crop=False)
-            base = step_fn(args, res, "bf16" if device.type == "cuda" else "off", device.type == "cuda", None, device)
-
-            def step(images, labels):
-                if decode == "gpu":
-                    images = data.decode_batch_on_device(images, res, device, gpu_aug)
-                return base(images, labels)
-            rate, mem = timed(step, loader, args.warmup, args.steps, device)
-            rows.append({"data": f"JPEG, {decode} decode, {args.workers} workers", "mode": "bf16 channels_last eager",
-                         "res": res, "batch": args.batch, "img/s": f"{rate:.0f}", "peak mem": mem})
+            base = step_fn(args, res, amp, cl, None, device)
+            # Warm the model up (cudnn.benchmark's search, the allocator) on a synthetic batch before the loader starts:
+            # warming up on loader batches would let the workers fill their queue meanwhile, and the timed steps would
+            # then run partly on that stock instead of at the rate the workers keep up.
+            warm = Repeat(args.batch, res, device)
+            timed(base, warm, args.warmup, 1, device)
+            name = f"JPEG, {decode} decode, {args.workers} workers"
+            if decode == "cpu":
+                rate, _, _ = timed_loader(None, loader, skip, steps, device)
+                rows.append({"data": name + ", loader alone", "mode": "-", "res": res, "batch": args.batch,
+                             "img/s": f"{rate:.0f}", "peak mem": "-", "data wait": "-"})
+                step = base
+            else:  # decoding happens inside the step, in the main process: no queue can flatter it
+                def step(images, labels):
+                    return base(data.decode_batch_on_device(images, res, device, gpu_aug), labels)
+            n_skip, n_steps = (skip, steps) if decode == "cpu" else (2, args.steps)
+            rate, mem, wait = timed_loader(step, loader, n_skip, n_steps, device)
+            rows.append({"data": name, "mode": f"{'bf16 channels_last' if cl else 'fp32'} eager", "res": res,
+                         "batch": args.batch, "img/s": f"{rate:.0f}", "peak mem": mem, "data wait": f"{wait:.0f}%"})
     return rows
+
+
+def reference_rate(log, batch, skip_prints=4):
+    """End-to-end img/s from torchvision's reference train.py log, and its own img/s. Every --print-freq steps it
+    prints "img/s", the last step's compute alone (its clock starts after the batch arrives), and "time", the mean
+    wall time of the last 20 steps including the wait for data. The first `skip_prints` prints are warmup."""
+    steps = [float(x) for x in re.findall(r"Epoch: \[\d+\]\s+\[\s*\d+/\d+\].*? time: ([0-9.]+)", log)][skip_prints:]
+    compute = [float(x) for x in re.findall(r"img/s: ([0-9.]+)", log)][skip_prints:]
+    rate = batch * len(steps) / sum(steps) if steps else float("nan")
+    return rate, (sum(compute) / len(compute) if compute else float("nan"))
 
 
 def bench_reference(args, device):
     """torchvision's references/classification/train.py with --amp on the same folder, batch and device."""
-    root = repeated_folder(args.images, args.repeat, args.link_dir)
+    root = repeated_folder(args.images, jpeg_plan(args)[2], args.link_dir)
     cmd = [sys.executable, os.path.join(args.vision, "train.py"), "--data-path", root, "--model", "resnet50", "--amp",
            "--batch-size", str(args.batch), "--workers", str(args.workers), "--epochs", "1", "--print-freq", "10",
            "--train-crop-size", str(args.res[0]), "--device", device.type, "--output-dir", ""]
-    out = subprocess.run(cmd, capture_output=True, text=True).stdout
-    # Its log prints, every --print-freq steps, "img/s" of the last step's compute alone (its clock starts after the
-    # batch arrives) and "time", the mean wall time of the last 20 steps including the wait for data. We report the
-    # second, end to end like ours, and show the first beside it. The first two prints (warmup) are skipped.
-    steps = [float(x) for x in re.findall(r"Epoch: \[\d+\]\s+\[\s*\d+/\d+\].*? time: ([0-9.]+)", out)][2:]
-    compute = [float(x) for x in re.findall(r"img/s: ([0-9.]+)", out)][2:]
-    rate = args.batch * len(steps) / sum(steps) if steps else float("nan")
-    own = sum(compute) / len(compute) if compute else float("nan")
+    rate, own = reference_rate(subprocess.run(cmd, capture_output=True, text=True).stdout, args.batch)
     return [{"data": f"JPEG, torchvision reference, {args.workers} workers",
              "mode": f"--amp (fp16 autocast), NCHW; its own img/s (compute only) {own:.0f}",
              "res": args.res[0], "batch": args.batch, "img/s": f"{rate:.0f}", "peak mem": "-"}]
@@ -221,7 +275,8 @@ def main():
     p.add_argument("--steps", type=int, default=50, help="timed steps")
     p.add_argument("--warmup", type=int, default=15, help="untimed steps first (cudnn.benchmark, compile)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers (jpeg)")
-    p.add_argument("--repeat", type=int, default=40, help="times each sample photo appears in the made-up epoch")
+    p.add_argument("--repeat", type=int, default=0, help="times each sample photo appears in the made-up epoch (0 = "
+                   "as many as the timed JPEG steps need)")
     p.add_argument("--link-dir", default="third_party/bench_data", help="where the repeated folder of links goes")
     p.add_argument("--vision", default="third_party/vision_ref", help="torchvision's references/classification folder")
     p.add_argument("--rounds", type=int, default=3, help="pipeline: alternating rounds over the files")
@@ -230,6 +285,10 @@ def main():
                    help="synthetic: which rows (compile ones take a minute or more each to compile)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for GPU sections")
     args = p.parse_args()
+    if args.what in ("pipeline", "jpeg", "reference", "all") and not os.path.isdir(args.images):
+        p.error(f"--images {args.images}: no such folder (it needs <class>/<image> files)")
+    if args.what in ("reference", "all") and not os.path.isfile(os.path.join(args.vision, "train.py")):
+        p.error(f"--vision {args.vision}: no train.py there (copy torchvision's references/classification there)")
     device = torch.device(args.device)
     if args.what == "pipeline":
         return bench_pipeline(args)
@@ -239,7 +298,7 @@ def main():
             rows += fn(args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"{name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
-    table(rows, ["data", "mode", "res", "batch", "img/s", "peak mem"])
+    table(rows, ["data", "mode", "res", "batch", "img/s", "peak mem", "data wait"])
 
 
 if __name__ == "__main__":

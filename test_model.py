@@ -1,4 +1,4 @@
-"""The whole test suite: model, init, augment, data and train, on the CPU with small data the tests make.
+"""The whole test suite: model, init, augment, data, train and bench, on the CPU with small data the tests make.
 
 Needs torch, torchvision, pillow and pytest (requirements.txt). Nothing here reads ../shared or the network.
 
@@ -648,3 +648,29 @@ def test_time_based_checkpoint_records_position_mid_epoch(tmp_path, monkeypatch)
     run_train(["--data", root, "--epochs", "1", "--save-every-min", "1e-9", "--no-ema"] + TINY, tmp_path)
     assert ("last.pt", 0, 4) in saved and ("last.pt", 0, 8) in saved  # after steps 1 and 2, inside epoch 1
     assert ("last.pt", 1, 0) in saved  # and the end-of-epoch checkpoint
+
+
+# ---------------------------------------------------------------------------------------------------- bench.py
+
+def test_bench_reference_rate_reads_end_to_end_step_time():
+    """The reference's "img/s" leaves out the wait for data; bench.py reports batch / "time" (which includes it)."""
+    import bench
+    line = "Epoch: [0]  [{:>2}/66]  eta: 0:00:09  lr: 0.1  img/s: {}  loss: 6.9 (6.9)  acc1: 0.0 (0.0)  time: {}  data: 0.01"
+    log = "\n".join([line.format(0, 100.0, 9.0), line.format(10, 3000.0, 0.2), line.format(20, 2000.0, 0.1),
+                     "Epoch: [0] Total time: 0:00:09", "Test:  Total time: 0:00:01", "Training time 0:00:12"])
+    rate, own = bench.reference_rate(log, 256, skip_prints=1)
+    assert rate == pytest.approx(256 * 2 / 0.3) and own == pytest.approx(2500.0)
+
+
+def test_bench_jpeg_rows_on_cpu(tmp_path):
+    """The real-JPEG section end to end on tiny data: loader alone, CPU decode and the GPU-decode path (run on the CPU)."""
+    import argparse
+    import bench
+    images = os.path.join(make_image_folder(tmp_path / "d"), "train")  # 12 files, one PNG and one grayscale per class
+    args = argparse.Namespace(images=images, workers=1, res=[32], batch=4, steps=2, warmup=1, repeat=0,
+                              link_dir=str(tmp_path / "links"))
+    assert bench.jpeg_plan(args) == (2, 10, 5)  # 12 steps x 4 images over 12 files: 4 copies, plus one
+    rows = bench.bench_jpeg(args, torch.device("cpu"))
+    assert [r["data"] for r in rows] == ["JPEG, cpu decode, 1 workers, loader alone", "JPEG, cpu decode, 1 workers",
+                                         "JPEG, gpu decode, 1 workers"]
+    assert all(float(r["img/s"]) > 0 for r in rows)

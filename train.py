@@ -75,7 +75,7 @@ def get_args(argv=None):
     a("--ema-half-life", type=float, default=0.027, help="EMA half-life as a fraction of all training steps (0.027 is what "
       "torchvision's --model-ema-decay 0.99998 --model-ema-steps 32 gives on ImageNet at batch 1024, at any epoch count)")
     a("--decode", default="cpu", choices=["cpu", "gpu"], help="gpu: workers only read files; JPEGs are decoded in batches "
-      "with nvJPEG and cropped on the device (torchvision.io.decode_jpeg)")
+      "with nvJPEG and cropped on the device (torchvision.io.decode_jpeg); 7x slower than cpu on one H200 (BENCHMARKS.md)")
     a("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes per training process")
     a("--output", default="runs/r50", help="folder for checkpoints and metrics.jsonl")
     a("--resume", default=None, help="checkpoint to continue from, or 'auto' for OUTPUT/last.pt if it exists")
