@@ -177,9 +177,10 @@ def repeated_folder(images, repeat, link_dir):
 
 def jpeg_plan(args):
     """(steps skipped, steps timed, repeat) for the CPU-decode rows. The workers start together and hand over their
-    first batches at once, so the first 2 x workers steps are skipped; each worker may then hold 4 batches ready
-    (data.make_loader's prefetch_factor), so at least 10 x workers steps are timed, enough that a queue filled early
-    could not lift the figure by more than about a tenth. `repeat` (0 = auto) makes the epoch long enough for that."""
+    first batches at once, so the first 2 x workers steps are skipped. Workers faster than the model fill their
+    queue, and the model's rate is then the true figure; workers slower than the model keep at most about one batch
+    each in stock, which over 10 x workers timed steps lifts the figure by at most about a tenth. `repeat` (0 = auto)
+    makes the made-up epoch long enough for both."""
     skip, steps = 2 * args.workers, max(args.steps, 10 * args.workers)
     files = sum(len(fs) for _, _, fs in os.walk(args.images))
     return skip, steps, args.repeat or math.ceil((skip + steps) * args.batch / max(files, 1)) + 1
