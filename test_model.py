@@ -672,5 +672,5 @@ def test_bench_jpeg_rows_on_cpu(tmp_path):
     assert bench.jpeg_plan(args) == (2, 10, 5)  # 12 steps x 4 images over 12 files: 4 copies, plus one
     rows = bench.bench_jpeg(args, torch.device("cpu"))
     assert [r["data"] for r in rows] == ["JPEG, cpu decode, 1 workers, loader alone", "JPEG, cpu decode, 1 workers",
-                                         "JPEG, gpu decode, 1 workers"]
+                                         "JPEG, gpu decode, 1 workers", "JPEG, gpu decode, 1 workers, decode_jpeg alone"]
     assert all(float(r["img/s"]) > 0 for r in rows)
