@@ -98,26 +98,29 @@ def step_fn(args, res, amp, channels_last, compile_mode, device):
     return step
 
 
-def timed(step, batches, warmup, steps, device):
+def timed(step, loader, skip, steps, device):
+    """img/s over `steps` steps after `skip` untimed ones, peak memory, and the share of the timed wall time spent
+    waiting for the next batch. step=None times the loader alone."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    it = iter(batches)
-    for _ in range(warmup):
-        step(*next(it)[:2])
+    it, wait, loss = iter(loader), 0.0, None
+    for _ in range(skip):
+        batch = next(it)
+        loss = step(*batch[:2]) if step else loss
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
-        loss = step(*next(it)[:2])
-    loss.item()
+        t = time.perf_counter()
+        batch = next(it)
+        wait += time.perf_counter() - t
+        loss = step(*batch[:2]) if step else loss
+    if loss is not None:
+        loss.item()
     sync()
     seconds = time.perf_counter() - start
-    mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "-"
-    return steps * args_batch(batches) / seconds, mem
-
-
-def args_batch(batches):
-    return batches.batch_size
+    mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" and step else "-"
+    return steps * loader.batch_size / seconds, mem, 100 * wait / seconds
 
 
 class Repeat:
@@ -150,7 +153,7 @@ def bench_synthetic(args, device):
             name, amp, cl, mode = SYNTHETIC_MODES[key]
             if mode and args.no_compile:
                 continue
-            rate, mem = timed(step_fn(args, res, amp, cl, mode, device), Repeat(args.batch, res, device), args.warmup, args.steps, device)
+            rate, mem, _ = timed(step_fn(args, res, amp, cl, mode, device), Repeat(args.batch, res, device), args.warmup, args.steps, device)
             rows.append({"data": "synthetic", "mode": name, "res": res, "batch": args.batch, "img/s": f"{rate:.0f}", "peak mem": mem})
             torch.cuda.empty_cache() if device.type == "cuda" else None
     return rows
@@ -186,31 +189,6 @@ def jpeg_plan(args):
     return skip, steps, args.repeat or math.ceil((skip + steps) * args.batch / max(files, 1)) + 1
 
 
-def timed_loader(step, loader, skip, steps, device):
-    """img/s over `steps` steps after `skip`, the model warmed up beforehand, and the share of that time spent
-    waiting for the loader. step=None times the loader alone."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    it, wait, loss = iter(loader), 0.0, None
-    for _ in range(skip):
-        batch = next(it)
-        loss = step(*batch[:2]) if step else loss
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        t = time.perf_counter()
-        batch = next(it)
-        wait += time.perf_counter() - t
-        loss = step(*batch[:2]) if step else loss
-    if loss is not None:
-        loss.item()
-    sync()
-    seconds = time.perf_counter() - start
-    mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" and step else "-"
-    return steps * loader.batch_size / seconds, mem, 100 * wait / seconds
-
-
 def bench_jpeg(args, device):
     skip, steps, repeat = jpeg_plan(args)
     root = repeated_folder(args.images, repeat, args.link_dir)
@@ -231,7 +209,7 @@ def bench_jpeg(args, device):
             timed(base, warm, args.warmup, 1, device)
             name = f"JPEG, {decode} decode, {args.workers} workers"
             if decode == "cpu":
-                rate, _, _ = timed_loader(None, loader, skip, steps, device)
+                rate, _, _ = timed(None, loader, skip, steps, device)
                 rows.append({"data": name + ", loader alone", "mode": "-", "res": res, "batch": args.batch,
                              "img/s": f"{rate:.0f}", "peak mem": "-", "data wait": "-"})
                 step = base
@@ -239,22 +217,19 @@ def bench_jpeg(args, device):
                 def step(images, labels):
                     return base(data.decode_batch_on_device(images, res, device, gpu_aug), labels)
             n_skip, n_steps = (skip, steps) if decode == "cpu" else (2, args.steps)
-            rate, mem, wait = timed_loader(step, loader, n_skip, n_steps, device)
+            rate, mem, wait = timed(step, loader, n_skip, n_steps, device)
             rows.append({"data": name, "mode": f"{'bf16 channels_last' if cl else 'fp32'} eager", "res": res,
                          "batch": args.batch, "img/s": f"{rate:.0f}", "peak mem": mem, "data wait": f"{wait:.0f}%"})
             if decode == "gpu":  # where the GPU path's time goes: the batched decode_jpeg call alone
-                rate, _, _ = timed_loader(lambda items, labels: decode_only(items, device), loader, 2, args.steps, device)
+                rate, _, _ = timed(lambda items, labels: decode_jpegs_synced(items, device), loader, 2, args.steps, device)
                 rows.append({"data": name + ", decode_jpeg alone", "mode": "-", "res": res, "batch": args.batch,
                              "img/s": f"{rate:.0f}", "peak mem": "-", "data wait": "-"})
     return rows
 
 
-def decode_only(items, device):
-    """torchvision.io.decode_jpeg on the batch's JPEG bytes, as data.decode_batch_on_device calls it, and no more."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-    encoded = [data for data, box, _ in items if box is not None]
-    if encoded:
-        decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+def decode_jpegs_synced(items, device):
+    """data.decode_jpegs alone (the batched nvJPEG call of the GPU path), returning a tensor for `timed` to wait on."""
+    data.decode_jpegs(items, device)
     return torch.zeros((), device=device)
 
 

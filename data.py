@@ -331,15 +331,20 @@ def collate_encoded(batch):
     return [b[:3] for b in good], torch.tensor([b[3] for b in good], dtype=torch.int64), bad
 
 
+def decode_jpegs(items, device):
+    """The batch's JPEG bytes (the items with a crop box) decoded in one torchvision.io.decode_jpeg call, in order."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    encoded = [data for data, box, _ in items if box is not None]
+    return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device) if encoded else []
+
+
 def decode_batch_on_device(items, size, device, augment=None):
     """nvJPEG-decode a batch on `device` in one call, then crop, resize (antialiased bilinear) and flip each image.
 
     `items` come from EncodedRandomResizedCrop via collate_encoded; returns uint8 [B, 3, size, size] on device.
     Works on the CPU too (that is how the tests check it): torchvision's decode_jpeg takes device='cpu' as well.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
-    encoded = [data for data, box, _ in items if box is not None]
-    decoded = iter(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device) if encoded else [])
+    decoded = iter(decode_jpegs(items, device))
     out = torch.empty(len(items), 3, size, size, dtype=torch.uint8, device=device)
     for i, (data, box, flip) in enumerate(items):
         if box is None:  # already decoded, cropped and flipped on the CPU
