@@ -7,6 +7,7 @@ train.py itself is unchanged. Evaluation stays at --val-res.
 
     PYTHONPATH=. python logs/progressive-resize-probe.py --start-res 96 <train.py flags>
 """
+import argparse
 import sys
 
 import torch
@@ -22,8 +23,10 @@ def res_for_epoch(epoch, epochs, start, full):
 
 
 def main(argv):
-    start = int(argv[argv.index("--start-res") + 1])
-    rest = argv[:argv.index("--start-res")] + argv[argv.index("--start-res") + 2:]
+    parser = argparse.ArgumentParser(description="progressive-resizing probe; other flags go to train.py")
+    parser.add_argument("--start-res", type=int, required=True, help="the first epoch's training size")
+    opts, rest = parser.parse_known_args(argv)
+    start = opts.start_res
     train_step, seen = train.train_step, set()
 
     def progressive_train_step(run, images, labels):
