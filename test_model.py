@@ -261,6 +261,11 @@ def test_lr_schedule_warmup_middle_end():
     assert train.lr_at(warm - 1, total, warm, peak, "linear") == pytest.approx(peak)  # the same warmup
     assert train.lr_at(warm + (total - warm) // 4, total, warm, peak, "linear") == pytest.approx(0.75 * peak)
     assert train.lr_at(total, total, warm, peak, "linear") == 0
+    flat_end = warm + 3 * (total - warm) // 4  # flat-cos: the peak for 75% of the steps after warmup, then a cosine
+    assert train.lr_at(warm - 1, total, warm, peak, "flat-cos") == pytest.approx(peak)
+    assert train.lr_at(flat_end, total, warm, peak, "flat-cos") == pytest.approx(peak)
+    assert train.lr_at((flat_end + total) // 2, total, warm, peak, "flat-cos") == pytest.approx(peak / 2, rel=1e-2)
+    assert train.lr_at(total, total, warm, peak, "flat-cos") == 0
 
 
 def test_end_to_end_checkpoints_metrics_and_torchvision_roundtrip(tmp_path):
@@ -282,9 +287,10 @@ def test_end_to_end_checkpoints_metrics_and_torchvision_roundtrip(tmp_path):
     assert result["images"] == 6
 
 
-def test_resume_after_epoch_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("opt", ["sgd", "ranger"])  # ranger: Lookahead's slow weights must come back too
+def test_resume_after_epoch_equals_uninterrupted(tmp_path, opt):
     root = make_image_folder(tmp_path / "d")
-    common = ["--data", root, "--epochs", "2", "--model", "tv_resnet50"] + TINY
+    common = ["--data", root, "--epochs", "2", "--model", "tv_resnet50", "--opt", opt] + TINY
     run_train(common, tmp_path, "full")
     run_train(common + ["--max-steps", "3"], tmp_path, "part")  # 3 steps = one epoch of 12 images at batch 4
     run_train(common + ["--resume", "auto"], tmp_path, "part")
@@ -307,6 +313,33 @@ def test_adamw_decouples_weight_decay_and_spares_batchnorm():
     conv_w, conv_b, bn_w, bn_b = [p.detach() for p in net.parameters()]
     assert torch.allclose(conv_w, before[0] * (1 - 0.1 * 0.05))  # decoupled: w <- w (1 - lr wd)
     assert all(torch.equal(p, q) for p, q in zip((conv_b, bn_w, bn_b), before[1:]))
+
+
+def test_ranger_is_radam_with_lookahead_every_k_steps():
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    args = train.get_args(["--data", "x", "--opt", "ranger", "--weight-decay", "0.01"])
+    net, fast = make(), make()
+    ranger = train.build_optimizer(args, net, peak_lr=0.01)
+    radam = torch.optim.RAdam([{"params": [p for p in fast.parameters() if p.ndim > 1], "weight_decay": 0.01},
+                               {"params": [p for p in fast.parameters() if p.ndim <= 1], "weight_decay": 0.0}],
+                              lr=0.01, betas=(0.9, 0.99), eps=1e-6, decoupled_weight_decay=True)
+    start = [p.detach().clone() for p in net.parameters()]
+    x, y = torch.randn(8, 3, 4, 4), torch.randint(0, 2, (8,))
+    for step in range(6):
+        for m, opt in ((net, ranger), (fast, radam)):
+            opt.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            opt.step()
+        if step < 5:  # between syncs Ranger is RAdam
+            assert all(torch.equal(p, q) for p, q in zip(net.parameters(), fast.parameters()))
+    for p, q, w0 in zip(net.parameters(), fast.parameters(), start):  # step 6: halfway from the start to the fast weights
+        assert torch.allclose(p, w0 + 0.5 * (q - w0), atol=1e-7) and torch.equal(ranger.state[p]["slow"], p)
+    again = train.build_optimizer(args, make(), peak_lr=0.01)
+    again.load_state_dict(ranger.state_dict())  # the slow weights travel in the optimizer's state_dict
+    for p, q in zip(again.param_groups[0]["params"], ranger.param_groups[0]["params"]):
+        assert torch.equal(again.state[p]["slow"], ranger.state[q]["slow"])
 
 
 def test_adamw_run_resumes_and_refuses_another_optimizer(tmp_path, capsys):

@@ -53,14 +53,17 @@ def get_args(argv=None):
     a("--epochs", type=int, default=100, help="training epochs")
     a("--batch-size", type=int, default=256, help="images per process per step (global batch = this x processes)")
     a("--lr", type=float, default=0.5, help="peak LR per 1024 images of global batch; the peak is lr x global_batch/1024 (linear scaling, Goyal et al. 2017)")
-    a("--opt", default="sgd", choices=["sgd", "adamw"], help="sgd: SGD with momentum, L2 weight decay (the recipe); adamw: "
-      "AdamW (Loshchilov & Hutter 2019) with betas (--momentum, 0.99), eps 1e-6 and decoupled weight decay (lr x wd)")
-    a("--momentum", type=float, default=0.9, help="SGD momentum (AdamW's beta1)")
+    a("--opt", default="sgd", choices=["sgd", "adamw", "ranger"], help="sgd: SGD with momentum, L2 weight decay (the ImageNet recipe); "
+      "adamw: AdamW (Loshchilov & Hutter 2019) with betas (--momentum, 0.99), eps 1e-6 and decoupled weight decay (lr x wd); "
+      "ranger: RAdam (Liu et al. 2020) with those betas, eps and decay, inside Lookahead (Zhang et al. 2019; k 6, alpha "
+      "0.5), as fastai's ranger: the Imagenette 5-epoch recipe (README)")
+    a("--momentum", type=float, default=0.9, help="SGD momentum (beta1 of adamw and ranger)")
     a("--weight-decay", type=float, default=2e-5, help="weight decay on conv and fc weights (none on BatchNorm and biases); an L2 term with sgd, "
-      "decoupled with adamw (where 0.01-0.05 is usual)")
+      "decoupled with adamw and ranger (where 0.01-0.05 is usual)")
     a("--warmup-epochs", type=float, default=5, help="linear warmup from 0 to the peak LR, then --decay to 0; set every step")
-    a("--decay", default="cosine", choices=["cosine", "linear"], help="LR decay after warmup, to 0 at the last step: cosine "
-      "(torchvision's recipe) or linear (Li et al. 2020, 'Budgeted Training', found it robust for short budgets)")
+    a("--decay", default="cosine", choices=["cosine", "linear", "flat-cos"], help="LR decay after warmup, to 0 at the last "
+      "step: cosine (torchvision's recipe), linear (Li et al. 2020, 'Budgeted Training', found it robust for short budgets) "
+      "or flat-cos (the peak for 75%% of the steps, then half a cosine: fastai's fit_flat_cos, used with ranger)")
     a("--label-smoothing", type=float, default=0.1, help="label smoothing")
     a("--mixup", type=float, default=0.2, help="mixup alpha (0 = off)")
     a("--cutmix", type=float, default=1.0, help="cutmix alpha (0 = off); with both on, one of the two per batch")
@@ -165,7 +168,33 @@ def build_optimizer(args, net, peak_lr):
     fused = next(net.parameters()).is_cuda  # one fused kernel for the whole update on CUDA
     if args.opt == "adamw":  # beta2 0.99 and eps 1e-6: fastai's train_imagenette.py defaults for its Adam family
         return torch.optim.AdamW(groups, lr=peak_lr, betas=(args.momentum, 0.99), eps=1e-6, fused=fused or None)
+    if args.opt == "ranger":
+        return Ranger(groups, lr=peak_lr, betas=(args.momentum, 0.99), eps=1e-6, decoupled_weight_decay=True)
     return torch.optim.SGD(groups, lr=peak_lr, momentum=args.momentum, fused=fused or None)
+
+
+class Ranger(torch.optim.RAdam):
+    """RAdam inside Lookahead (Zhang et al. 2019): every k steps the slow weights move alpha of the way to the fast
+    ones, and the fast weights restart from there. k 6 and alpha 0.5 are fastai's, whose ranger the imagenette
+    leaderboard's script uses. The slow weights live in the per-parameter state, so checkpoints carry them."""
+
+    def __init__(self, params, k=6, alpha=0.5, **radam_args):
+        super().__init__(params, **radam_args)
+        self.k, self.alpha = k, alpha
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        start = [(p, p.clone()) for p in params if not self.state[p]]  # the first step: the slow weights start here
+        loss = super().step(closure)
+        for p, weights in start:
+            self.state[p]["slow"] = weights
+        if params and int(self.state[params[0]]["step"]) % self.k == 0:
+            for p in params:
+                slow = self.state[p]["slow"]
+                slow.add_(p - slow, alpha=self.alpha)
+                p.copy_(slow)
+        return loss
 
 
 def make_ema(net, half_life_steps):
@@ -175,10 +204,12 @@ def make_ema(net, half_life_steps):
 
 
 def lr_at(step, total_steps, warmup_steps, peak_lr, decay="cosine"):
-    """Linear warmup from peak/warmup_steps to peak over warmup_steps, then cosine (or linear) from peak to 0 at total_steps."""
+    """Linear warmup from peak/warmup_steps to peak over warmup_steps, then cosine (linear, flat-cos) from peak to 0 at total_steps."""
     if step < warmup_steps:
         return peak_lr * (step + 1) / warmup_steps
     progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    if decay == "flat-cos":
+        progress = max(progress - 0.75, 0.0) / 0.25  # fastai's fit_flat_cos: flat for 75%, the cosine in the last 25%
     if decay == "linear":
         return peak_lr * (1.0 - progress)
     return 0.5 * peak_lr * (1.0 + math.cos(math.pi * progress))
