@@ -9,7 +9,7 @@
 # Changed 2026-12-01 (fourteenth session): Ranger runs the recipe's batch 32 (peak 2e-3 at --lr 0.064); SGD keeps
 # its recipe's batch 64. MODE=beta1 instead runs plan p's question on seeds 0-4 (BENCHMARKS "Ranger with the
 # leader's beta1"): the recipe, --momentum 0.95, and --momentum 0.95 --lr 0.256 (the leader's 8e-3 at batch 32):
-#   DEADLINE=530 PARALLEL=5 MODE=beta1 bash logs/gpu-ranger-seeds.sh
+#   DEADLINE=530 PARALLEL=6 MODE=beta1 bash logs/gpu-ranger-seeds.sh   (PARALLEL a multiple of 3: waves hold whole seeds)
 # LR is train.py's --lr (per 1024 images; 0.064 at batch 32 is a peak of 2e-3). Runs are for accuracy, not timing:
 # several share the GPU. Logs go to $OUT/logs.tgz, one summary line per run to stdout and $OUT/summary.txt.
 set -u
@@ -28,7 +28,7 @@ RANGER="train.py $COMMON --batch-size 32 --opt ranger --decay flat-cos --lr $LR 
 PROGRAM=; LAST_EPOCH=5  # each entry names its own program
 # tag | program and flags; ranger and sgd alternate so that a deadline cuts pairs, not one side.
 RUNS=()
-if [ "$MODE" = beta1 ]; then  # the three alternate so that a deadline cuts whole seeds, not one arm
+if [ "$MODE" = beta1 ]; then  # a seed's three arms are adjacent; the last --lr given wins (argparse)
   for s in 0 1 2 3 4; do RUNS+=("ranger-s$s|$RANGER --seed $s" "mom0.95-s$s|$RANGER --momentum 0.95 --seed $s"
                                "mom0.95-lr0.256-s$s|$RANGER --momentum 0.95 --lr 0.256 --seed $s"); done
 else
