@@ -6,12 +6,14 @@ The network is fastai's own `xse_resnext50(n_out=10, act_cls=Mish, sa=1, sym=0, 
 leader's notebook builds it for its 86.37% "without BlurPool" runs (radekosmulski/imagenette-LB-entry, "imagenette -
 5 epochs.ipynb", theirs): ResNeXt-50 32x4d with squeeze-excitation, Mish, a 3-conv deep stem, avg-pool shortcuts
 (ResNet-D) and one self-attention layer. fastai's constructor initialises it (Kaiming normal on convs and the
-linear layer, the last BatchNorm of each block at 0), so train.py's init is switched off: the weights are the
-leader's from the same seed. Everything else (data, loop, Ranger, LR shape, loss) is train.py unchanged.
+linear layer, the last BatchNorm of each block at 0), so train.py's init is switched off: the init scheme is
+the one the leader's runs had. Everything else (data, loop, Ranger, LR shape, loss) is train.py unchanged.
 
-Needs fastai (for the network only; not a project requirement). It was installed here without its dependencies:
+Needs fastai (for the network only; not a project requirement), installed here as (fastai itself without its
+dependencies, which pull in much more than the network needs):
+    pip install matplotlib pandas beartype rich
     pip install --no-deps fastai==2.8.12 fastcore fasttransform "plum-dispatch<2.10" "fastprogress==1.0.3" \
-        fastdownload scikit-learn joblib narwhals threadpoolctl matplotlib pandas beartype rich
+        fastdownload scikit-learn joblib narwhals threadpoolctl
     PYTHONPATH=. python logs/leader-arch-probe.py <train.py flags>
 """
 import sys
