@@ -120,10 +120,14 @@ class MixupCutmix:
         return images, targets
 
 
-def soft_cross_entropy(logits, targets):
-    """Cross-entropy against soft targets [B, C], mean over the batch.
+def soft_cross_entropy(logits, targets, weights=None):
+    """Cross-entropy against soft targets [B, C]: the mean over the batch, or with per-sample `weights` [B] the
+    weighted sum divided by B (a weight of 0 drops a sample without changing the scale of the others' gradients).
 
     For smoothed one-hot targets it equals `F.cross_entropy(logits, labels, label_smoothing=eps)`. Computed in
     float32 whatever the autocast dtype, for a stable log-softmax.
     """
-    return F.cross_entropy(logits.float(), targets.float())
+    if weights is None:
+        return F.cross_entropy(logits.float(), targets.float())
+    losses = F.cross_entropy(logits.float(), targets.float(), reduction="none")
+    return (losses * weights).sum() / len(weights)

@@ -4,7 +4,7 @@ Needs torch, torchvision, pillow and the files beside it. Sections:
 
     python bench.py pipeline --images ../shared/data/imagenet-samples      # CPU: per-worker img/s, ours vs torchvision
     python bench.py synthetic                  # GPU: model step, fp32/tf32, bf16 NCHW, bf16 channels_last, + compile
-    python bench.py jpeg --images DIR --workers 15   # GPU: real JPEGs end to end, CPU decode path and GPU decode path
+    python bench.py jpeg --images DIR --workers 15   # GPU: real JPEGs end to end through train.py's loader
     python bench.py reference --images DIR --vision third_party/vision_ref   # torchvision's references/classification
 
 `pipeline` times one data-loading worker (one core) on the same files in one run, alternating the two pipelines
@@ -25,8 +25,9 @@ import time
 
 import torch
 
-import augment
+import config
 import data
+import runtime
 import train
 
 
@@ -40,7 +41,8 @@ def table(rows, columns):
 # ------------------------------------------------------------------------------------------ CPU pipeline
 
 def torchvision_pipeline(size, auto_augment):
-    """torchvision's reference preset (ClassificationPresetTrain, PIL backend) for the same crop, as its workers run it."""
+    """torchvision's reference preset (ClassificationPresetTrain, PIL backend) for the same crop, as its workers run
+    it."""
     import torchvision.transforms as T
     steps = [T.RandomResizedCrop(size, antialias=True), T.RandomHorizontalFlip()]
     if auto_augment:
@@ -70,8 +72,9 @@ def bench_pipeline(args):
                         pipe(f)
                     seconds[name] += time.perf_counter() - start
             rate = {k: args.rounds * len(files) / v for k, v in seconds.items()}
-            rows.append({"pipeline": f"RRC+flip{'+TA' if aa else ''} {size}px", "torchvision img/s": f"{rate['torchvision']:.0f}",
-                         "ours img/s": f"{rate['ours']:.0f}", "ours/torchvision": f"{rate['ours'] / rate['torchvision']:.2f}x"})
+            rows.append({"pipeline": f"RRC+flip{'+TA' if aa else ''} {size}px",
+                         "torchvision img/s": f"{rate['torchvision']:.0f}", "ours img/s": f"{rate['ours']:.0f}",
+                         "ours/torchvision": f"{rate['ours'] / rate['torchvision']:.2f}x"})
     print(f"one worker, {len(files)} files x {args.rounds} rounds, torch {torch.__version__}, {os.cpu_count()} cores")
     table(rows, ["pipeline", "torchvision img/s", "ours img/s", "ours/torchvision"])
 
@@ -79,22 +82,17 @@ def bench_pipeline(args):
 # ------------------------------------------------------------------------------------------ GPU model step
 
 def step_fn(args, res, amp, channels_last, compile_mode, device):
-    targs = train.get_args(["--data", "synthetic", "--amp", amp, "--train-res", str(res), "--batch-size", str(args.batch),
-                            "--no-ema", "--device", device.type] + (["--channels-last"] if channels_last else ["--no-channels-last"]))
-    net = train.build_model(targs, 1000, device, 1)
-    run_net = torch.compile(net, mode=compile_mode) if compile_mode else net
-    optimizer = train.build_optimizer(targs, net, 0.1)
-    mixer = augment.MixupCutmix(1000, 0.2, 1.0, 0.5, 0.1)
+    """train.py's training step (its model, optimiser, mixing, loss and autocast) on a fresh ResNet-50."""
+    targs = config.get_args(["--data", "synthetic", "--amp", amp, "--train-res", str(res), "--batch-size",
+                            str(args.batch), "--no-ema", "--workers", "0", "--device", device.type] +
+                           (["--channels-last"] if channels_last else ["--no-channels-last"]))
+    d = runtime.Dist(0, 1, device, False)
+    t = train.build_trainer(targs, d, 1000, steps_per_epoch=10**6)
+    t.net = torch.compile(t.net, mode=compile_mode) if compile_mode else t.net
+    weights = torch.ones(args.batch).pin_memory() if device.type == "cuda" else torch.ones(args.batch)
 
     def step(images, labels):
-        images = data.to_device_normalized(images, device, channels_last)
-        images, targets = mixer(images, labels.to(device, non_blocking=True))
-        with train.autocast(targs, device):
-            loss = augment.soft_cross_entropy(run_net(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+        return train.train_step(targs, d, t, images, labels, weights)
     return step
 
 
@@ -153,8 +151,10 @@ def bench_synthetic(args, device):
             name, amp, cl, mode = SYNTHETIC_MODES[key]
             if mode and args.no_compile:
                 continue
-            rate, mem, _ = timed(step_fn(args, res, amp, cl, mode, device), Repeat(args.batch, res, device), args.warmup, args.steps, device)
-            rows.append({"data": "synthetic", "mode": name, "res": res, "batch": args.batch, "img/s": f"{rate:.0f}", "peak mem": mem})
+            step = step_fn(args, res, amp, cl, mode, device)
+            rate, mem, _ = timed(step, Repeat(args.batch, res, device), args.warmup, args.steps, device)
+            rows.append({"data": "synthetic", "mode": name, "res": res, "batch": args.batch, "img/s": f"{rate:.0f}",
+                         "peak mem": mem})
             torch.cuda.empty_cache() if device.type == "cuda" else None
     return rows
 
@@ -190,47 +190,30 @@ def jpeg_plan(args):
 
 
 def bench_jpeg(args, device):
+    """train.py's loader on real JPEGs: the loader alone, then the training step on its batches."""
     skip, steps, repeat = jpeg_plan(args)
     root = repeated_folder(args.images, repeat, args.link_dir)
     torch.backends.cudnn.benchmark = True
     amp, cl = ("bf16", True) if device.type == "cuda" else ("off", False)
     rows = []
     for res in args.res:
-        for decode in ("cpu", "gpu"):
-            targs = train.get_args(["--data", root, "--train-res", str(res), "--batch-size", str(args.batch), "--workers",
-                                    str(args.workers), "--decode", decode, "--device", device.type])
-            _, loader, _, _ = data.build_loaders(targs, 0, 1, device)
-            gpu_aug = data.train_transform(res, targs.auto_augment, targs.random_erase, crop=False)
-            base = step_fn(args, res, amp, cl, None, device)
-            # Warm the model up (cudnn.benchmark's search, the allocator) on a synthetic batch before the loader starts:
-            # warming up on loader batches would let the workers fill their queue meanwhile, and the timed steps would
-            # then run partly on that stock instead of at the rate the workers keep up.
-            warm = Repeat(args.batch, res, device)
-            timed(base, warm, args.warmup, 1, device)
-            name = f"JPEG, {decode} decode, {args.workers} workers"
-            if decode == "cpu":
-                rate, _, _ = timed(None, loader, skip, steps, device)
-                rows.append({"data": name + ", loader alone", "mode": "-", "res": res, "batch": args.batch,
-                             "img/s": f"{rate:.0f}", "peak mem": "-", "data wait": "-"})
-                step = base
-            else:  # decoding happens inside the step, in the main process: no queue can flatter it
-                def step(images, labels):
-                    return base(data.decode_batch_on_device(images, res, device, gpu_aug), labels)
-            n_skip, n_steps = (skip, steps) if decode == "cpu" else (2, args.steps)
-            rate, mem, wait = timed(step, loader, n_skip, n_steps, device)
-            rows.append({"data": name, "mode": f"{'bf16 channels_last' if cl else 'fp32'} eager", "res": res,
-                         "batch": args.batch, "img/s": f"{rate:.0f}", "peak mem": mem, "data wait": f"{wait:.0f}%"})
-            if decode == "gpu":  # where the GPU path's time goes: the batched decode_jpeg call alone
-                rate, _, _ = timed(lambda items, labels: decode_jpegs_synced(items, device), loader, 2, args.steps, device)
-                rows.append({"data": name + ", decode_jpeg alone", "mode": "-", "res": res, "batch": args.batch,
-                             "img/s": f"{rate:.0f}", "peak mem": "-", "data wait": "-"})
+        targs = config.get_args(["--data", root, "--train-res", str(res), "--batch-size", str(args.batch), "--workers",
+                                str(args.workers), "--device", device.type])
+        loader = data.build_loaders(targs, root, 0, 1, device.type == "cuda")[2]
+        name = f"JPEG, {args.workers} workers"
+        rate, _, _ = timed(None, loader, skip, steps, device)
+        rows.append({"data": name + ", loader alone", "mode": "-", "res": res, "batch": args.batch,
+                     "img/s": f"{rate:.0f}", "peak mem": "-", "data wait": "-"})
+        step = step_fn(args, res, amp, cl, None, device)
+        # Warm the model up (cudnn.benchmark's search, the allocator) on a synthetic batch before the loader starts:
+        # warming up on loader batches would let the workers fill their queue meanwhile, and the timed steps would
+        # then run partly on that stock instead of at the rate the workers keep up.
+        timed(step, Repeat(args.batch, res, device), args.warmup, 1, device)
+        loader = data.build_loaders(targs, root, 0, 1, device.type == "cuda")[2]  # fresh workers, empty queue
+        rate, mem, wait = timed(step, loader, skip, steps, device)
+        rows.append({"data": name, "mode": f"{'bf16 channels_last' if cl else 'fp32'} eager", "res": res,
+                     "batch": args.batch, "img/s": f"{rate:.0f}", "peak mem": mem, "data wait": f"{wait:.0f}%"})
     return rows
-
-
-def decode_jpegs_synced(items, device):
-    """data.decode_jpegs alone (the batched nvJPEG call of the GPU path), returning a tensor for `timed` to wait on."""
-    data.decode_jpegs(items, device)
-    return torch.zeros((), device=device)
 
 
 def reference_rate(log, batch, skip_prints=4):

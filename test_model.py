@@ -4,17 +4,32 @@ Needs torch, torchvision, pillow and pytest (requirements.txt). Nothing here rea
 
     python -m pytest test_model.py            # the whole suite, a few minutes on 2 CPU cores
     python -m pytest test_model.py -k mixup   # one part
+
+Multi-process tests run torchrun with gloo on the CPU. What needs CUDA (NCCL, several GPUs) cannot run here; the
+code guards it instead (runtime.broadcast_buffers refuses a tensor off the training device; the stop vote uses only
+device tensors), and the collective tests below check which tensors reach a collective.
 """
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from PIL import Image
 
 import augment
+import data
+import demo
 import init
 import model
+import runtime
+import train
 
 
 def tv_resnet50_seeded(seed, **kwargs):
@@ -210,23 +225,21 @@ def test_other_device_stays_there():
         assert out.device.type == device.type and targets.device.type == device.type
 
 
-# ------------------------------------------------------------------------------------------- data.py, train.py
+def test_soft_cross_entropy_weights_drop_samples_at_a_fixed_scale():
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    targets = augment.one_hot(labels, 3)
+    per_sample = F.cross_entropy(logits, labels, reduction="none")
+    weights = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    assert torch.allclose(augment.soft_cross_entropy(logits, targets, weights), (per_sample * weights).sum() / 4)
+    assert torch.allclose(augment.soft_cross_entropy(logits, targets, torch.ones(4)), per_sample.mean())
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
-from PIL import Image
-
-import data
-import train
+# ------------------------------------------------------------------------------------------- data.py, demo.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = ["--batch-size", "4", "--train-res", "32", "--val-res", "32", "--val-resize", "36", "--workers", "0",
         "--warmup-epochs", "0.5", "--lr", "0.5", "--log-every", "2"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def make_image_folder(root, classes=("a", "b"), train_per_class=6, val_per_class=3, size=40, seed=0):
@@ -237,184 +250,31 @@ def make_image_folder(root, classes=("a", "b"), train_per_class=6, val_per_class
             os.makedirs(os.path.join(root, split, c), exist_ok=True)
             for i in range(count):
                 pixels = torch.randint(0, 256, (size, size + 8, 3), generator=g, dtype=torch.uint8).numpy()
-                image = Image.fromarray(pixels)
-                if i == 1:
-                    image = image.convert("L")
-                name = f"{i}.png" if i == 2 else f"{i}.JPEG"
-                image.save(os.path.join(root, split, c, name))
+                image = Image.fromarray(pixels).convert("L" if i == 1 else "RGB")
+                image.save(os.path.join(root, split, c, f"{i}.png" if i == 2 else f"{i}.JPEG"))
     return str(root)
 
 
-def run_train(args, tmp_path, name="out"):
-    out = str(tmp_path / name)
-    return train.main(args + ["--output", out]), out
-
-
-def test_lr_schedule_warmup_middle_end():
-    peak, total, warm = 0.4, 1000, 100
-    assert train.lr_at(0, total, warm, peak) == pytest.approx(peak / warm)
-    assert train.lr_at(warm - 1, total, warm, peak) == pytest.approx(peak)  # warmup ends at the peak
-    assert train.lr_at(warm, total, warm, peak) == pytest.approx(peak)
-    assert train.lr_at(warm + (total - warm) // 2, total, warm, peak) == pytest.approx(peak / 2)
-    assert train.lr_at(total - 1, total, warm, peak) == pytest.approx(0, abs=1e-5)
-    assert train.lr_at(total, total, warm, peak) == 0
-    assert train.lr_at(warm - 1, total, warm, peak, "linear") == pytest.approx(peak)  # the same warmup
-    assert train.lr_at(warm + (total - warm) // 4, total, warm, peak, "linear") == pytest.approx(0.75 * peak)
-    assert train.lr_at(total, total, warm, peak, "linear") == 0
-    flat_end = warm + 3 * (total - warm) // 4  # flat-cos: the peak for 75% of the steps after warmup, then a cosine
-    assert train.lr_at(warm - 1, total, warm, peak, "flat-cos") == pytest.approx(peak)
-    assert train.lr_at(flat_end, total, warm, peak, "flat-cos") == pytest.approx(peak)
-    assert train.lr_at((flat_end + total) // 2, total, warm, peak, "flat-cos") == pytest.approx(peak / 2, rel=1e-2)
-    assert train.lr_at(total, total, warm, peak, "flat-cos") == 0
-
-
-def test_end_to_end_checkpoints_metrics_and_torchvision_roundtrip(tmp_path):
-    root = make_image_folder(tmp_path / "d")
-    metrics, out = run_train(["--data", root, "--epochs", "2"] + TINY, tmp_path)
-    assert metrics["val_images"] == 6 and 0 <= metrics["val_top1"] <= 100
-    lines = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    assert [m["epoch"] for m in lines] == [1, 2]
-    for key in ("epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "ema_top1", "img_per_s", "epoch_time_s"):
-        assert key in lines[-1]
-    tv = torchvision.models.resnet50(num_classes=2)
-    tv.load_state_dict(torch.load(os.path.join(out, "model.pt"), weights_only=True))  # strict, plain keys
-    for name in ("last.pt", "best.pt"):
-        ckpt = torch.load(os.path.join(out, name), weights_only=True)
-        assert {"model", "optimizer", "scaler", "ema", "epoch", "step", "best_top1", "config", "rng"} <= set(ckpt)
-        tv.load_state_dict(ckpt["model"])
-    assert not [f for f in os.listdir(out) if ".tmp" in f]  # atomic writes leave no temporary files
-    result = train.main(["--data", root, "--eval-only", "--resume", os.path.join(out, "model.pt")] + TINY)
-    assert result["images"] == 6
-
-
-@pytest.mark.parametrize("opt", ["sgd", "ranger"])  # ranger: Lookahead's slow weights must come back too
-def test_resume_after_epoch_equals_uninterrupted(tmp_path, opt):
-    root = make_image_folder(tmp_path / "d")
-    common = ["--data", root, "--epochs", "2", "--model", "tv_resnet50", "--opt", opt] + TINY
-    run_train(common, tmp_path, "full")
-    run_train(common + ["--max-steps", "3"], tmp_path, "part")  # 3 steps = one epoch of 12 images at batch 4
-    run_train(common + ["--resume", "auto"], tmp_path, "part")
-    a = torch.load(str(tmp_path / "full" / "last.pt"), weights_only=True)
-    b = torch.load(str(tmp_path / "part" / "last.pt"), weights_only=True)
-    assert a["step"] == b["step"] == 6
-    for key in ("model", "ema"):
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
-
-
-def test_adamw_decouples_weight_decay_and_spares_batchnorm():
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    args = train.get_args(["--data", "x", "--opt", "adamw", "--weight-decay", "0.05"])
-    optimizer = train.build_optimizer(args, net, peak_lr=0.1)
-    assert isinstance(optimizer, torch.optim.AdamW)
-    before = [p.detach().clone() for p in net.parameters()]
-    for p in net.parameters():
-        p.grad = torch.zeros_like(p)  # no gradient: only the decay moves the weights
-    optimizer.step()
-    conv_w, conv_b, bn_w, bn_b = [p.detach() for p in net.parameters()]
-    assert torch.allclose(conv_w, before[0] * (1 - 0.1 * 0.05))  # decoupled: w <- w (1 - lr wd)
-    assert all(torch.equal(p, q) for p, q in zip((conv_b, bn_w, bn_b), before[1:]))
-
-
-def test_ranger_is_radam_with_lookahead_every_k_steps():
-    def make():
-        torch.manual_seed(0)
-        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(16, 2))
-    args = train.get_args(["--data", "x", "--opt", "ranger", "--weight-decay", "0.01"])
-    net, fast = make(), make()
-    ranger = train.build_optimizer(args, net, peak_lr=0.01)
-    radam = torch.optim.RAdam([{"params": [p for p in fast.parameters() if p.ndim > 1], "weight_decay": 0.01},
-                               {"params": [p for p in fast.parameters() if p.ndim <= 1], "weight_decay": 0.0}],
-                              lr=0.01, betas=(0.9, 0.99), eps=1e-6, decoupled_weight_decay=True)
-    start = [p.detach().clone() for p in net.parameters()]
-    x, y = torch.randn(8, 3, 4, 4), torch.randint(0, 2, (8,))
-    for step in range(6):
-        for m, opt in ((net, ranger), (fast, radam)):
-            opt.zero_grad()
-            F.cross_entropy(m(x), y).backward()
-            opt.step()
-        if step < 5:  # between syncs Ranger is RAdam
-            assert all(torch.equal(p, q) for p, q in zip(net.parameters(), fast.parameters()))
-    for p, q, w0 in zip(net.parameters(), fast.parameters(), start):  # step 6: halfway from the start to the fast weights
-        assert torch.allclose(p, w0 + 0.5 * (q - w0), atol=1e-7) and torch.equal(ranger.state[p]["slow"], p)
-    again = train.build_optimizer(args, make(), peak_lr=0.01)
-    again.load_state_dict(ranger.state_dict())  # the slow weights travel in the optimizer's state_dict
-    for p, q in zip(again.param_groups[0]["params"], ranger.param_groups[0]["params"]):
-        assert torch.equal(again.state[p]["slow"], ranger.state[q]["slow"])
-
-
-def test_adamw_run_resumes_and_refuses_another_optimizer(tmp_path, capsys):
-    root = make_image_folder(tmp_path / "d")
-    common = ["--data", root, "--epochs", "2", "--model", "tv_resnet50", "--weight-decay", "0.01"]
-    run_train(common + ["--opt", "adamw", "--max-steps", "3"] + TINY, tmp_path, "part")
-    with pytest.raises(SystemExit) as stop:
-        run_train(common + ["--opt", "sgd", "--resume", "auto"] + TINY, tmp_path, "part")
-    assert stop.value.code == 2 and "trained with --opt adamw, not --opt sgd" in capsys.readouterr().err
-    metrics, out = run_train(common + ["--opt", "adamw", "--resume", "auto"] + TINY, tmp_path, "part")
-    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
-    assert ckpt["step"] == 6 and "exp_avg_sq" in ckpt["optimizer"]["state"][0] and math.isfinite(metrics["val_loss"])
-
-
-@pytest.mark.parametrize("case", ["missing", "no_val", "empty_class", "class_mismatch", "bad_flag", "not_a_checkpoint"])
-def test_bad_input_one_line_exit_2(tmp_path, capsys, case):
-    root = tmp_path / "d"
-    args = ["--data", str(root)] + TINY + ["--output", str(tmp_path / "out")]
-    if case != "missing":
-        make_image_folder(root)
-    if case == "no_val":
-        os.rename(root / "val", root / "validation")
-    elif case == "empty_class":
-        os.makedirs(root / "train" / "c")
-        os.makedirs(root / "val" / "c")
-    elif case == "class_mismatch":
-        os.rename(root / "val" / "b", root / "val" / "z")
-    elif case == "bad_flag":
-        args += ["--epochs", "-1"]
-    elif case == "not_a_checkpoint":
-        (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-        args += ["--resume", str(tmp_path / "junk.pt")]
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and "Traceback" not in "\n".join(err)
-    expected = {"missing": "not found", "no_val": "no val/", "empty_class": "empty class folder",
-                "class_mismatch": "different classes", "bad_flag": "must be positive",
-                "not_a_checkpoint": "cannot load"}[case]
-    assert expected in err[-1]
-
-
-def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(HERE, "train.py"), "--data", str(tmp_path / "nope")],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == f"error: --data folder not found: {tmp_path / 'nope'}"
-
-
-def test_unreadable_image_is_reported_once_and_skipped(tmp_path, capsys):
-    root = make_image_folder(tmp_path / "d")
-    bad = os.path.join(root, "train", "a", "broken.JPEG")
-    with open(bad, "wb") as f:
+def break_file(path):
+    with open(path, "wb") as f:
         f.write(b"\xff\xd8\xff\xe0 this is not really a jpeg")
-    metrics, _ = run_train(["--data", root, "--epochs", "2"] + TINY, tmp_path)
-    assert metrics["epoch"] == 2
-    err = capsys.readouterr().err
-    assert err.count("skipping unreadable image") == 1 and bad in err
+    return path
 
 
-def test_synthetic_data_runs(tmp_path):
-    metrics, _ = run_train(["--data", "synthetic", "--epochs", "1", "--max-steps", "2", "--no-ema"] + TINY, tmp_path)
-    assert metrics["epoch"] == 1 and math.isfinite(metrics["train_loss"])
-
-
-def test_demo_set_generation_is_deterministic(tmp_path):
-    for name in ("one", "two"):
-        data.make_demo_dataset(str(tmp_path / name), train_per_class=2, val_per_class=1, size=32)
-    files = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "one")
-                   for d, _, fs in os.walk(tmp_path / "one") for f in fs)
-    assert len(files) == 10 * 3 + 1
-    for f in files:
-        assert open(tmp_path / "one" / f, "rb").read() == open(tmp_path / "two" / f, "rb").read()
-    assert len(data.scan_dataset(str(tmp_path / "one"))[0]) == 10
+def test_val_transform_is_torchvision_resize_center_crop_pixel_for_pixel(tmp_path):
+    import torchvision.transforms as T
+    g = torch.Generator().manual_seed(0)
+    for i, (w, h, mode) in enumerate(((500, 375, "RGB"), (333, 500, "L"), (257, 259, "CMYK"), (640, 427, "RGB"))):
+        smooth = torch.nn.functional.interpolate(torch.rand(1, 3, h // 8, w // 8, generator=g), size=(h, w),
+                                                 mode="bicubic")  # photo-like: smooth areas and edges
+        pixels = (smooth[0].permute(1, 2, 0).clamp(0, 1) * 255).to(torch.uint8).numpy()
+        path = str(tmp_path / f"{i}.JPEG")
+        Image.fromarray(pixels).convert(mode).save(path, quality=90)
+        for resize, crop in ((232, 224), (256, 224), (36, 32)):
+            ours = data.val_transform(resize, crop)(Image.open(path))
+            reference = T.Compose([T.Resize(resize), T.CenterCrop(crop), T.PILToTensor()])  # ImageFolder's loader:
+            theirs = reference(Image.open(path).convert("RGB"))  # PIL, bilinear, antialiased
+            assert torch.equal(ours, theirs)
 
 
 def test_fast_crops_match_a_full_decode_and_handle_modes(tmp_path):
@@ -423,14 +283,13 @@ def test_fast_crops_match_a_full_decode_and_handle_modes(tmp_path):
     Image.fromarray(pixels).save(path, quality=95)
     out = data.FastRandomResizedCrop(32)(Image.open(path))  # small output: decodes at 1/4 or 1/8 scale
     assert out.size == (32, 32) and out.mode == "RGB"
-    # With the draft scale forced off, the fast crop equals torchvision's crop + resize on the full decode.
-    box = (50, 40, 200, 150)
-    fast = data.decode_crop_resize(Image.open(path), box, (180, 140))
+    # With no draft scale possible, the fast crop equals a crop + resize of the full decode.
+    fast = data.decode_crop_resize(Image.open(path), (50, 40, 200, 150), (180, 140))
     full = Image.open(path).convert("RGB").resize((180, 140), Image.BILINEAR, box=(50, 40, 250, 190))
     assert fast.tobytes() == full.tobytes()
     for mode in ("L", "CMYK"):
         Image.fromarray(pixels).convert(mode).save(str(tmp_path / f"{mode}.JPEG"))
-        image = data.FastResizeCenterCrop(36, 32)(Image.open(str(tmp_path / f"{mode}.JPEG")))
+        image = data.FastRandomResizedCrop(32)(Image.open(str(tmp_path / f"{mode}.JPEG")))
         assert image.size == (32, 32) and image.mode == "RGB"
 
 
@@ -445,13 +304,319 @@ def test_crop_box_stays_inside_the_image():
 def test_random_erasing_on_uint8_fills_with_the_mean():
     # torchvision's RandomErasing(value=0) comes after Normalize; on the uint8 image that zero is the mean colour.
     torch.manual_seed(0)
-    transform = data.train_transform(32, auto_augment="none", random_erase=1.0, crop=False)
-    image = torch.full((3, 32, 32), 7, dtype=torch.uint8)
-    out = transform(image)
-    erased = (out != 7).any(0)  # [H, W]: the erased pixels
+    erase = data.train_transform(32, auto_augment="none", random_erase=1.0).transforms[-1]
+    out = erase(torch.full((3, 32, 32), 7, dtype=torch.uint8))
+    erased = (out != 7).any(0)
     assert out.dtype == torch.uint8 and erased.any() and not erased.all()
     mean = torch.tensor([round(255 * m) for m in data.IMAGENET_MEAN], dtype=torch.uint8)  # 124, 116, 104
     assert torch.equal(out.permute(1, 2, 0)[erased], mean.expand(int(erased.sum()), 3))
+
+
+def test_sample_depends_only_on_seed_epoch_index(tmp_path):
+    """Not on the number of workers, their lifetime, or the batch split: each (epoch, index) has its own seed."""
+    root = make_image_folder(tmp_path / "d", train_per_class=8)
+    _, samples, _ = data.scan_dataset(root)
+    dataset = data.ImageList(samples, data.train_transform(32, "ta_wide", 0.5, 0.08), seed=3)
+
+    def epoch_images(workers, batch, world):
+        out = {}
+        for rank in range(world):
+            sampler = data.GlobalBatchSampler(len(dataset), batch, rank, world, seed=3)
+            loader = data.make_loader(dataset, batch, sampler, workers, False, 32)
+            for epoch in (0, 1):
+                sampler.set_epoch(epoch)
+                items = [item for item in sampler]
+                images = torch.cat([b[0] for b in loader])
+                out.update({item: image for item, image in zip(items, images)})
+        return out
+
+    a, b = epoch_images(0, 4, 1), epoch_images(2, 2, 2)
+    assert set(a) == set(b) and len(a) == 32 and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a[(0, 0)], a[(1, 0)])  # another epoch, another augmentation
+
+
+def test_global_batches_do_not_depend_on_the_split_and_resume_mid_epoch():
+    def steps(batch, world, start=0):
+        per_rank = []
+        for rank in range(world):
+            sampler = data.GlobalBatchSampler(50, batch, rank, world, seed=1)
+            sampler.set_epoch(2, start)
+            items = [i for _, i in sampler]
+            per_rank.append([items[k:k + batch] for k in range(0, len(items), batch)])
+        return [sorted(sum(step, [])) for step in zip(*per_rank)]
+    assert steps(8, 1) == steps(4, 2) == steps(2, 4)  # 6 steps of the same 8 images whatever the split
+    assert steps(4, 2, start=4) == steps(8, 1)[4:] and len(steps(8, 1)) == 6
+
+
+def test_collate_keeps_the_batch_shape_and_weighs_bad_images_zero():
+    good = (torch.full((3, 4, 4), 9, dtype=torch.uint8), 1, None)
+    bad = (None, 0, ("unreadable", "x.JPEG (broken)"))
+    images, labels, weights, problems = data.collate([bad, good, bad], size=4)
+    assert images.shape == (3, 3, 4, 4) and weights.tolist() == [0, 1, 0] and labels.tolist() == [1, 1, 1]
+    assert problems == [bad[2], bad[2]]
+    images, labels, weights, _ = data.collate([bad, bad], size=4)  # nothing readable: the mean colour, weight 0
+    assert images.shape == (2, 3, 4, 4) and weights.tolist() == [0, 0]
+
+
+def test_decode_errors_are_skipped_io_and_transform_errors_are_not(tmp_path):
+    root = make_image_folder(tmp_path / "d")
+    broken = break_file(os.path.join(root, "train", "a", "0.JPEG"))
+    folder = os.path.join(root, "train", "a", "dir.JPEG")  # reading it fails with an OSError: an I/O error
+    os.makedirs(folder)
+    dataset = data.ImageList([(broken, 0), (folder, 0)], data.train_transform(32))
+    assert dataset[0][2][0] == "unreadable" and broken in dataset[0][2][1]
+    assert dataset[1][2][0] == "io" and folder in dataset[1][2][1]
+    good = os.path.join(root, "train", "b", "0.JPEG")
+    failing = data.ImageList([(good, 0)], lambda image: image.not_a_method())  # a bug in a transform
+    kind, message = failing[0][2]
+    assert kind == "transform" and good in message and "AttributeError" in message and "test_model.py" in message
+
+
+def test_demo_set_generation_is_deterministic(tmp_path):
+    for name in ("one", "two"):
+        demo.make_demo_dataset(str(tmp_path / name), train_per_class=2, val_per_class=1, size=32)
+    files = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "one")
+                   for d, _, fs in os.walk(tmp_path / "one") for f in fs)
+    assert len(files) == 10 * 3
+    for f in files:
+        assert open(tmp_path / "one" / f, "rb").read() == open(tmp_path / "two" / f, "rb").read()
+    assert len(data.scan_dataset(str(tmp_path / "one"))[0]) == 10
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+
+# ---------------------------------------------------------------------------------------------------- train.py
+
+def run_train(args, tmp_path, name="out"):
+    out = str(tmp_path / name)
+    return train.main(args + ["--output", out]), out
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+def same_weights(a, b):
+    return all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]) and \
+        (a["ema"] is None or all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"]))
+
+
+def torchrun(args, nproc=2):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return cmd + args + ["--device", "cpu"]
+
+
+def test_lr_schedule_warmup_middle_end():
+    peak, total, warm = 0.4, 1000, 100
+    assert train.lr_at(0, total, warm, peak) == pytest.approx(peak / warm)
+    assert train.lr_at(warm - 1, total, warm, peak) == pytest.approx(peak)  # warmup ends at the peak
+    assert train.lr_at(warm + (total - warm) // 2, total, warm, peak) == pytest.approx(peak / 2)
+    assert train.lr_at(total - 1, total, warm, peak) == pytest.approx(0, abs=1e-5)
+    assert train.lr_at(total, total, warm, peak) == 0
+    assert train.lr_at(warm + (total - warm) // 4, total, warm, peak, "linear") == pytest.approx(0.75 * peak)
+    assert train.lr_at(total, total, warm, peak, "linear") == 0
+
+
+def test_end_to_end_checkpoints_metrics_and_torchvision_roundtrip(tmp_path):
+    root = make_image_folder(tmp_path / "d")
+    metrics, out = run_train(["--data", root, "--epochs", "2"] + TINY, tmp_path)
+    assert metrics["val_images"] == 6 and 0 <= metrics["val_top1"] <= 100 and metrics["val_unreadable"] == 0
+    lines = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    for key in ("lr", "train_loss", "val_loss", "val_top1", "val_top5", "ema_top1", "img_per_s", "train_unreadable"):
+        assert key in lines[-1]
+    tv = torchvision.models.resnet50(num_classes=2)
+    tv.load_state_dict(load(os.path.join(out, "model.pt")))  # strict, plain keys
+    for name in ("last.pt", "best.pt"):
+        ckpt = load(os.path.join(out, name))
+        assert {"model", "optimizer", "scaler", "ema", "step", "samples", "config", "best_top1"} <= set(ckpt)
+        tv.load_state_dict(ckpt["model"])
+    assert load(os.path.join(out, "last.pt"))["samples"] == 6 * 4
+    assert not [f for f in os.listdir(out) if ".tmp" in f]  # atomic writes leave no temporary files
+    result = train.main(["--data", root, "--eval-only", "--resume", os.path.join(out, "last.pt")] + TINY)
+    assert result["val_images"] == 6 and "ema_top1" in result  # raw and EMA weights, no optimizer needed
+    assert result["val_top1"] == lines[-1]["val_top1"] and result["ema_top1"] == lines[-1]["ema_top1"]
+    result = train.main(["--data", root, "--eval-only", "--resume", os.path.join(out, "model.pt")] + TINY)
+    assert result["val_images"] == 6 and "ema_top1" not in result
+
+
+@pytest.mark.parametrize("stop_at", [3, 2], ids=["epoch-end", "mid-epoch"])
+def test_max_steps_then_resume_equals_uninterrupted(tmp_path, stop_at):
+    root = make_image_folder(tmp_path / "d")  # 12 images: 3 steps per epoch at batch 4
+    common = ["--data", root, "--epochs", "2", "--model", "tv_resnet50"] + TINY
+    run_train(common, tmp_path, "full")
+    run_train(common + ["--max-steps", str(stop_at)], tmp_path, "part")
+    part = load(str(tmp_path / "part" / "last.pt"))
+    assert part["step"] == stop_at and part["samples"] == 4 * stop_at
+    run_train(common + ["--resume", "auto"], tmp_path, "part")
+    a, b = load(str(tmp_path / "full" / "last.pt")), load(str(tmp_path / "part" / "last.pt"))
+    assert a["step"] == b["step"] == 6 and same_weights(a, b)
+    epochs = [json.loads(line)["epoch"] for line in open(tmp_path / "part" / "metrics.jsonl")]
+    assert epochs == [1, 2]
+
+
+def test_resume_keeps_the_recipe_and_refuses_a_changed_flag(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "d")
+    run_train(["--data", root, "--epochs", "2", "--weight-decay", "0.01", "--max-steps", "2"] + TINY, tmp_path)
+    for flag, value, says in (("--lr", "0.1", "--lr 0.1 differs from 0.5"), ("--epochs", "3", "--epochs 3 differs"),
+                              ("--batch-size", "2", "--batch-size must be 4")):
+        args = ["--data", root, "--resume", "auto"] + TINY + [flag, value]
+        with pytest.raises(SystemExit) as stop:
+            run_train(args, tmp_path)
+        assert stop.value.code == 2 and says in capsys.readouterr().err
+    # Left out, the recipe comes from the checkpoint (--weight-decay 0.01, --epochs 2), and the run ends at step 6.
+    metrics, out = run_train(["--data", root, "--resume", "auto", "--workers", "0", "--val-resize", "36",
+                              "--val-res", "32", "--train-res", "32"], tmp_path)
+    ckpt = load(os.path.join(out, "last.pt"))
+    assert ckpt["step"] == 6 and ckpt["config"]["weight_decay"] == 0.01 and metrics["epoch"] == 2
+
+
+def test_output_is_one_run_at_a_time(tmp_path, capsys):
+    import fcntl
+    root = make_image_folder(tmp_path / "d")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "last.pt.tmp-123").write_bytes(b"x" * 100)  # left by a killed save
+    with open(out / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit) as stop:
+            run_train(["--data", root, "--epochs", "1"] + TINY, tmp_path)
+        assert stop.value.code == 2 and "another run is using --output" in capsys.readouterr().err
+    run_train(["--data", root, "--epochs", "1"] + TINY, tmp_path)
+    assert not (out / "last.pt.tmp-123").exists()
+    with pytest.raises(SystemExit) as stop:  # a fresh run into a folder that holds one
+        run_train(["--data", root, "--epochs", "1"] + TINY, tmp_path)
+    assert stop.value.code == 2 and "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["missing", "no_val", "empty_class", "class_mismatch", "bad_flag", "nan_flag",
+                                  "val_resize", "workers", "not_a_checkpoint", "model_pt"])
+def test_bad_input_one_line_exit_2(tmp_path, capsys, case):
+    root = tmp_path / "d"
+    args = ["--data", str(root)] + TINY + ["--output", str(tmp_path / "out")]
+    if case != "missing":
+        make_image_folder(root)
+    if case == "no_val":
+        os.rename(root / "val", root / "validation")
+    elif case == "empty_class":
+        os.makedirs(root / "train" / "c")
+        os.makedirs(root / "val" / "c")
+    elif case == "class_mismatch":
+        os.rename(root / "val" / "b", root / "val" / "z")
+    extra = {"bad_flag": ["--epochs", "-1"], "nan_flag": ["--lr", "nan"], "val_resize": ["--val-resize", "30"],
+             "workers": ["--workers", "100000"], "not_a_checkpoint": ["--resume", str(tmp_path / "junk.pt")],
+             "model_pt": ["--resume", str(tmp_path / "model.pt")]}.get(case, [])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    torch.save(model.resnet50(num_classes=2).state_dict(), tmp_path / "model.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(args + extra)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    expected = {"missing": "not found", "no_val": "no val/", "empty_class": "empty class folder",
+                "class_mismatch": "different classes", "bad_flag": "must be positive", "nan_flag": "finite number",
+                "val_resize": "is below --val-res", "workers": "CPUs", "not_a_checkpoint": "cannot load",
+                "model_pt": "not a training checkpoint"}[case]
+    assert expected in err[0]
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(HERE, "train.py"), "--data", str(tmp_path / "nope")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: --data folder not found: {tmp_path / 'nope'}"
+
+
+def test_unreadable_images_are_reported_skipped_and_counted(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "d")
+    bad = break_file(os.path.join(root, "train", "a", "broken.JPEG"))
+    bad_val = break_file(os.path.join(root, "val", "b", "0.JPEG"))
+    metrics, _ = run_train(["--data", root, "--epochs", "2", "--max-unreadable", "0.2"] + TINY, tmp_path)
+    assert metrics["epoch"] == 2 and metrics["val_images"] == 5 and metrics["val_unreadable"] == 1
+    err = capsys.readouterr().err
+    assert err.count(f"skipping unreadable image {bad}") == 1 and err.count(bad_val) == 1
+
+
+def test_too_many_unreadable_or_unreadable_everything_stops(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "d")
+    break_file(os.path.join(root, "train", "a", "0.JPEG"))
+    with pytest.raises(SystemExit) as stop:  # 1 of 12 is above the default 1%
+        run_train(["--data", root, "--epochs", "1"] + TINY, tmp_path)
+    assert stop.value.code == 2 and "more than --max-unreadable 0.01" in capsys.readouterr().err
+    for f in os.listdir(os.path.join(root, "train", "a")) + os.listdir(os.path.join(root, "train", "b")):
+        for c in ("a", "b"):
+            if os.path.exists(os.path.join(root, "train", c, f)):
+                break_file(os.path.join(root, "train", c, f))
+    with pytest.raises(SystemExit) as stop:
+        run_train(["--data", root, "--epochs", "1", "--max-unreadable", "1"] + TINY, tmp_path, "out2")
+    assert stop.value.code == 2 and "nothing to train on" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_io_error_stops_with_one_line_after_saving(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "d")
+    os.makedirs(os.path.join(root, "train", "a", "dir.JPEG"))  # open() fails: an I/O error, not a bad image
+    with pytest.raises(SystemExit) as stop:
+        run_train(["--data", root, "--epochs", "2", "--max-unreadable", "1"] + TINY, tmp_path)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "cannot read" in err and "dir.JPEG" in err and "Traceback" not in err
+    assert "stopped on a data error" in err and os.path.exists(tmp_path / "out" / "last.pt")
+
+
+def test_synthetic_data_runs(tmp_path, capsys):
+    run_train(["--data", "synthetic", "--epochs", "1", "--no-ema", "--max-steps", "3"] + TINY, tmp_path)
+    assert load(str(tmp_path / "out" / "last.pt"))["step"] == 3  # 100 steps an epoch, no validation set
+    assert "stopped at --max-steps 3" in capsys.readouterr().out
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "d")
+    _, out = run_train(["--data", root, "--epochs", "3", "--max-steps", "3"] + TINY, tmp_path)
+    good = open(os.path.join(out, "last.pt"), "rb").read()
+    checkpoint = load(os.path.join(out, "last.pt"))
+    checkpoint["config"]["lr"] = 1e30  # the same run, made to diverge
+    runtime.save_checkpoint(checkpoint, os.path.join(out, "last.pt"))
+    good = open(os.path.join(out, "last.pt"), "rb").read()
+    with pytest.raises(SystemExit) as exit_info:
+        run_train(["--data", root, "--resume", "auto"] + TINY[:-6] + ["--log-every", "1"], tmp_path)
+    assert exit_info.value.code == 3
+    err = capsys.readouterr().err
+    assert ("loss is nan" in err or "loss is inf" in err) and "lr" in err and "step" in err
+    assert open(os.path.join(out, "last.pt"), "rb").read() == good
+
+
+def test_nan_weights_are_never_saved():
+    net = model.resnet18(num_classes=2)
+    runtime.check_finite([net], step=7)
+    with torch.no_grad():
+        net.fc.weight[0, 0] = float("nan")
+    with pytest.raises(runtime.UserError) as error:
+        runtime.check_finite([net], step=7)
+    assert error.value.code == 3
+
+
+def test_only_the_models_buffers_on_the_device_reach_a_collective(monkeypatch):
+    from torch.optim.swa_utils import AveragedModel
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ema = AveragedModel(net, use_buffers=True)
+    sent = []
+    monkeypatch.setattr(runtime.dist, "broadcast", lambda tensor, src: sent.append(tensor))
+    runtime.broadcast_buffers([net, ema.module], torch.device("cpu"))
+    buffers = list(net.buffers()) + list(ema.module.buffers())
+    assert len(sent) == len(buffers) == 6 and all(any(s is b for b in buffers) for s in sent)
+    assert not any(s is ema.n_averaged for s in sent)  # a CPU tensor: NCCL would refuse it
+    with pytest.raises(RuntimeError, match="cannot join a collective"):  # a tensor off the training device
+        runtime.broadcast_buffers([ema], torch.device("meta"))
+
+
+def test_time_based_checkpoint_records_position_mid_epoch(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "d")  # 12 images: 3 steps per epoch at batch 4
+    saved = []
+    original = train.save_checkpoint
+    def record(obj, path):
+        saved.append((os.path.basename(path), obj.get("step")))
+        original(obj, path)
+    monkeypatch.setattr(train, "save_checkpoint", record)
+    run_train(["--data", root, "--epochs", "1", "--save-every-min", "1e-9", "--no-ema"] + TINY, tmp_path)
+    assert ("last.pt", 1) in saved and ("last.pt", 2) in saved and ("last.pt", 3) in saved
 
 
 # ------------------------------------------------------------------------- distributed, preemption, crash safety
@@ -461,98 +626,104 @@ import sys, torch
 sys.path.insert(0, {here!r})
 import train
 original = train.save_last
-def save_last(run, next_epoch, samples_done):  # every rank also dumps its own weights, to compare them
-    original(run, next_epoch, samples_done)
-    torch.save(train.plain_state_dict(run["net"]), f"{{run['args'].output}}/rank{{run['rank']}}.pt")
+def save_last(args, d, t):  # every rank also dumps its own weights, to compare them
+    original(args, d, t)
+    torch.save(t.raw.state_dict(), f"{{args.output}}/rank{{d.rank}}.pt")
 train.save_last = save_last
 train.main(sys.argv[1:])
 """
 
 
-def test_torchrun_two_process_gloo_job(tmp_path):
-    root = make_image_folder(tmp_path / "d", classes=("a", "b", "c"), train_per_class=6, val_per_class=3)
+def test_torchrun_two_process_gloo_job_with_a_rank_of_unreadable_batches(tmp_path):
+    """Half the training files are broken: each is replaced by another file's image of weight 0, every rank takes
+    every step with a full batch, the gradient all-reduces pair up, and the job ends."""
+    root = make_image_folder(tmp_path / "d", classes=("a", "b", "c"), train_per_class=8, val_per_class=3)
+    for i in (1, 3, 5, 7):  # half of each class
+        for c in ("a", "b", "c"):
+            break_file(os.path.join(root, "train", c, f"{i}.JPEG"))
     out = str(tmp_path / "out")
     script = tmp_path / "run_ddp.py"
     script.write_text(RECORD_RANK_WEIGHTS.format(here=HERE))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           "--data", root, "--epochs", "2", "--output", out, "--device", "cpu"] + TINY
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = torchrun([str(script), "--data", root, "--epochs", "2", "--output", out, "--max-unreadable", "1"] + TINY)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     r0, r1 = (torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=True) for r in (0, 1))
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # both ranks hold identical weights
-    assert sorted(f for f in os.listdir(out) if f.endswith(".pt")) == ["best.pt", "last.pt", "model.pt", "rank0.pt", "rank1.pt"]
-    assert result.stdout.count("done:") == 1  # rank 0 alone prints
+    assert result.stdout.count("done:") == 1 and "(DDP)" in result.stdout
     final = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))][-1]
-    assert final["val_images"] == 9  # 9 val images over 2 ranks: no padding duplicates
+    assert final["val_images"] == 9 and final["train_unreadable"] == 12  # 9 val images over 2 ranks: no duplicates
     single = train.main(["--data", root, "--eval-only", "--resume", os.path.join(out, "last.pt")] + TINY)
-    assert single["images"] == 9
-    assert single["top1"] == final["val_top1"] and single["top5"] == final["val_top5"]
-    assert single["loss"] == pytest.approx(final["val_loss"], rel=1e-5)
+    assert single["val_images"] == 9 and single["val_top1"] == final["val_top1"]
+    assert single["val_loss"] == pytest.approx(final["val_loss"], rel=1e-5)
 
 
-def test_sigterm_to_torchrun_with_loader_workers_saves_the_voted_position(tmp_path):
-    """torchrun passes SIGTERM to each rank's whole process group, loader workers included (os.killpg). The workers
-    must keep serving until the ranks' stop vote (every --log-every steps), which is more batches than they had
-    prefetched here (1 worker x 4); then rank 0 saves the position."""
-    root = make_image_folder(tmp_path / "d", train_per_class=48)  # 96 images, 2 ranks x batch 4: 12 steps per epoch
-    out = str(tmp_path / "out")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", os.path.join(HERE, "train.py"),
-           "--data", root, "--epochs", "2", "--output", out, "--device", "cpu"] + TINY + ["--workers", "1", "--log-every", "6"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+def test_torchrun_world_of_one_takes_the_ddp_path(tmp_path):
+    root = make_image_folder(tmp_path / "d")
+    cmd = torchrun([os.path.join(HERE, "train.py"), "--data", root, "--epochs", "1", "--output",
+                    str(tmp_path / "out")] + TINY, nproc=1)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode == 0 and "1 process(es) on cpu (DDP)" in result.stdout, result.stderr[-3000:]
+
+
+def sigterm_at(cmd, line_start, group=False, delay=0.0):
+    """Start cmd, send SIGTERM when a line starts with line_start (to the whole process group if group)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            start_new_session=True)
     for line in proc.stdout:
-        if line.startswith("epoch 1/2 step 6/12"):
-            # Rank 0 prints this just before the step-6 vote; on a loaded machine the other rank can reach that vote
-            # after a signal sent at once, and the run stops at step 6 (correct, but then the workers never had to
-            # outlast their prefetch). Half a second lets both ranks vote first; the stop then comes at the vote at
-            # step 12 (or 18 on a fast machine), 0.2-0.4 s per step on 2 loaded cores.
-            time.sleep(0.5)
-            proc.send_signal(signal.SIGTERM)
+        if line.startswith(line_start):
+            time.sleep(delay)
+            os.killpg(proc.pid, signal.SIGTERM) if group else proc.send_signal(signal.SIGTERM)
             break
-    output = proc.communicate(timeout=120)[0]
-    assert "stopped by signal 15" in output and "DataLoader worker" not in output, output[-3000:]
-    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
-    assert 6 < ckpt["step"] < 24 and ckpt["step"] == 12 * ckpt["epoch"] + ckpt["samples_done"] // 4
+    output = proc.communicate(timeout=180)[0]
+    return proc.returncode, output
 
 
-def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
-    root = make_image_folder(tmp_path / "d", train_per_class=12)  # 24 images: 6 steps per epoch at batch 4
-    common = ["--data", root, "--epochs", "2"] + TINY + ["--log-every", "1"]
-    run_train(common, tmp_path, "full")
-    out = str(tmp_path / "part")
-    cmd = [sys.executable, os.path.join(HERE, "train.py")] + common + ["--output", out]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("epoch 1/2 step 2/6"):
-            proc.send_signal(signal.SIGTERM)  # a step in progress: it finishes, saves, exits
-            break
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
-    assert "--resume auto" in stdout
-    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
-    assert ckpt["epoch"] == 0 and 0 < ckpt["samples_done"] < 24  # a position inside the first epoch
-    run_train(common + ["--resume", "auto"], tmp_path, "part")
-    a = torch.load(str(tmp_path / "full" / "last.pt"), weights_only=True)
-    b = torch.load(os.path.join(out, "last.pt"), weights_only=True)
-    assert a["step"] == b["step"] == 12
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+@pytest.mark.parametrize("procs", [1, 2])
+def test_sigterm_mid_epoch_with_workers_then_resume_is_bit_identical(tmp_path, procs):
+    """The path users run: loader workers (persistent, seeded once by torch), SIGTERM to the whole process group as
+    SLURM sends it, --resume auto; with one process and with two ranks under torchrun."""
+    root = make_image_folder(tmp_path / "d", train_per_class=16)  # 32 images: 4 steps per epoch at global batch 8
+    common = ["--data", root, "--epochs", "2"] + TINY + ["--workers", "2", "--log-every", "1",
+                                                         "--batch-size", str(8 // procs)]
+    launch = (lambda a: torchrun([os.path.join(HERE, "train.py")] + a, nproc=2)) if procs == 2 else \
+        (lambda a: [sys.executable, os.path.join(HERE, "train.py")] + a)
+    full = subprocess.run(launch(common + ["--output", str(tmp_path / "full")]), capture_output=True, text=True,
+                          env=ENV, timeout=300)
+    assert full.returncode == 0, full.stderr[-3000:]
+    code, output = sigterm_at(launch(common + ["--output", str(tmp_path / "part")]), "epoch 1/2 step 2/4", group=True)
+    assert "stopped by signal 15" in output and "DataLoader worker" not in output, output
+    assert f'File "{HERE}' not in output  # no traceback from our code (torchrun prints its own on SIGTERM)
+    assert code == 128 + signal.SIGTERM or procs == 2 and code != 0, output
+    part = load(str(tmp_path / "part" / "last.pt"))
+    assert 2 <= part["step"] <= 4 and part["samples"] == 8 * part["step"]
+    resumed = subprocess.run(launch(common + ["--output", str(tmp_path / "part"), "--resume", "auto"]),
+                             capture_output=True, text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = load(str(tmp_path / "full" / "last.pt")), load(str(tmp_path / "part" / "last.pt"))
+    assert a["step"] == b["step"] == 8 and same_weights(a, b)
 
 
-def test_sigterm_to_the_whole_process_group_with_workers(tmp_path):
-    """As SLURM's scancel and time limit do: every process, data loader workers included, gets SIGTERM."""
-    root = make_image_folder(tmp_path / "d", train_per_class=12)
-    out = str(tmp_path / "out")
-    cmd = [sys.executable, os.path.join(HERE, "train.py"), "--data", root, "--epochs", "2"] + TINY + \
-        ["--log-every", "1", "--workers", "2", "--output", out]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    for line in proc.stdout:
-        if line.startswith("epoch 1/2 step 2/6"):
-            os.killpg(proc.pid, signal.SIGTERM)
-            break
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
-    ckpt = torch.load(os.path.join(out, "last.pt"), weights_only=True)
-    assert ckpt["epoch"] == 0 and 0 < ckpt["samples_done"] < 24 and ckpt["step"] * 4 == ckpt["samples_done"]
+KILL_IN_VALIDATION = """
+import os, signal, sys
+sys.path.insert(0, {here!r})
+import train
+def evaluate(*args):
+    os.kill(os.getpid(), signal.SIGKILL)  # the hard kill after torchrun's grace, in the middle of validation
+train.evaluate = evaluate
+train.main(sys.argv[1:])
+"""
+
+
+def test_epoch_is_saved_before_validation_and_validated_on_resume(tmp_path):
+    root = make_image_folder(tmp_path / "d")
+    script = tmp_path / "kill_in_validation.py"
+    script.write_text(KILL_IN_VALIDATION.format(here=HERE))
+    args = ["--data", root, "--epochs", "2", "--output", str(tmp_path / "out")] + TINY
+    result = subprocess.run([sys.executable, str(script)] + args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL
+    assert load(str(tmp_path / "out" / "last.pt"))["step"] == 3  # the trained epoch survived
+    metrics, out = run_train(args[:-2] + ["--resume", "auto"], tmp_path)
+    assert [json.loads(line)["epoch"] for line in open(os.path.join(out, "metrics.jsonl"))] == [1, 2]
 
 
 EVALUATE_SLOWLY = """
@@ -597,9 +768,10 @@ def test_stop_signal_ends_eval_only_at_once(tmp_path, signum):
 SAVE_FOREVER = """
 import os, sys, torch
 sys.path.insert(0, {here!r})
-import train
+import runtime
 for version in range(10**9):
-    train.save_checkpoint({{"pid": os.getpid(), "version": version, "weights": torch.full((4_000_000,), float(version))}}, {path!r})
+    runtime.save_checkpoint({{"pid": os.getpid(), "version": version, "weights": torch.full((4_000_000,),
+                            float(version))}}, {path!r})
 """
 
 
@@ -611,15 +783,15 @@ def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
     for delay in (0.05, 0.13, 0.21, 0.37, 0.53):  # kill at different moments, most of them inside a save
         proc = subprocess.Popen([sys.executable, str(script)])
         deadline = time.time() + 120
-        while not (os.path.exists(path) and torch.load(path, weights_only=True)["pid"] == proc.pid) and time.time() < deadline:
+        while not (os.path.exists(path) and load(path)["pid"] == proc.pid) and time.time() < deadline:
             time.sleep(0.05)  # wait for this process's first complete save, however slow the machine
         time.sleep(delay)
         proc.kill()
         proc.wait()
         kills_mid_save += any(".tmp-" in f for f in os.listdir(tmp_path))
-        ckpt = torch.load(path, weights_only=True)
+        ckpt = load(path)
         assert torch.all(ckpt["weights"] == ckpt["version"])
-        for f in os.listdir(tmp_path):  # a killed save leaves its temporary file behind; the next run may clean it
+        for f in os.listdir(tmp_path):  # a killed save leaves its temporary file; the next run's start removes it
             if ".tmp-" in f:
                 os.remove(os.path.join(tmp_path, f))
     assert kills_mid_save >= 1  # the kill did land inside a save at least once
@@ -633,62 +805,13 @@ def test_unwritable_output_is_reported_before_training(tmp_path, capsys):
     assert exit_info.value.code == 2 and "cannot write to --output" in capsys.readouterr().err
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
-    root = make_image_folder(tmp_path / "d")
-    _, out = run_train(["--data", root, "--epochs", "3", "--max-steps", "3"] + TINY, tmp_path)
-    good = open(os.path.join(out, "last.pt"), "rb").read()
-    with pytest.raises(SystemExit) as exit_info:
-        run_train(["--data", root, "--epochs", "3", "--resume", "auto"] + TINY + ["--lr", "1e30"], tmp_path)
-    assert exit_info.value.code == 3
-    err = capsys.readouterr().err
-    assert "loss is nan" in err or "loss is inf" in err
-    assert "lr" in err and "step" in err
-    assert open(os.path.join(out, "last.pt"), "rb").read() == good
-
-
-def test_gpu_decode_path_logic_on_cpu(tmp_path):
-    """--decode gpu: byte-reading workers, batched decode_jpeg, per-image crop/resize/flip; CMYK and PNG fall back."""
-    pixels = torch.randint(0, 256, (60, 80, 3), dtype=torch.uint8).numpy()
-    paths = []
-    for name, mode in (("rgb.JPEG", "RGB"), ("gray.JPEG", "L"), ("cmyk.JPEG", "CMYK"), ("png.JPEG", "RGB")):
-        path = str(tmp_path / name)
-        Image.fromarray(pixels).convert(mode).save(path, format="PNG" if name.startswith("png") else "JPEG", quality=95)
-        paths.append((path, 0))
-    dataset = data.EncodedRandomResizedCrop(paths, 24)
-    items, labels, bad = data.collate_encoded([dataset[i] for i in range(4)])
-    assert [box is None for _, box, _ in items] == [False, False, True, True] and bad == []
-    out = data.decode_batch_on_device(items, 24, "cpu")
-    assert out.shape == (4, 3, 24, 24) and out.dtype == torch.uint8
-    # The device crop of the RGB JPEG matches a PIL crop of the same box within JPEG/resampler differences.
-    raw, box, flip = items[0]
-    left, top, w, h = box.tolist()
-    ref = Image.open(paths[0][0]).convert("RGB").resize((24, 24), Image.BILINEAR, box=(left, top, left + w, top + h))
-    ref = data.pil_to_uint8(ref.transpose(Image.FLIP_LEFT_RIGHT) if flip else ref)
-    assert (out[0].float() - ref.float()).abs().mean() < 12
-
-
-def test_train_with_gpu_decode_path_on_cpu(tmp_path):
-    root = make_image_folder(tmp_path / "d")
-    metrics, _ = run_train(["--data", root, "--epochs", "1", "--decode", "gpu", "--device", "cpu"] + TINY, tmp_path)
-    assert metrics["val_images"] == 6
-
-
-def test_time_based_checkpoint_records_position_mid_epoch(tmp_path, monkeypatch):
-    root = make_image_folder(tmp_path / "d")  # 12 images: 3 steps per epoch at batch 4
-    saved = []
-    original = train.save_checkpoint
-    monkeypatch.setattr(train, "save_checkpoint", lambda obj, path: (saved.append((os.path.basename(path), obj.get("epoch"), obj.get("samples_done"))), original(obj, path)))
-    run_train(["--data", root, "--epochs", "1", "--save-every-min", "1e-9", "--no-ema"] + TINY, tmp_path)
-    assert ("last.pt", 0, 4) in saved and ("last.pt", 0, 8) in saved  # after steps 1 and 2, inside epoch 1
-    assert ("last.pt", 1, 0) in saved  # and the end-of-epoch checkpoint
-
-
 # ---------------------------------------------------------------------------------------------------- bench.py
 
 def test_bench_reference_rate_reads_end_to_end_step_time():
     """The reference's "img/s" leaves out the wait for data; bench.py reports batch / "time" (which includes it)."""
     import bench
-    line = "Epoch: [0]  [{:>2}/66]  eta: 0:00:09  lr: 0.1  img/s: {}  loss: 6.9 (6.9)  acc1: 0.0 (0.0)  time: {}  data: 0.01"
+    line = ("Epoch: [0]  [{:>2}/66]  eta: 0:00:09  lr: 0.1  img/s: {}  loss: 6.9 (6.9)  acc1: 0.0 (0.0)  time: {}  "
+            "data: 0.01")
     log = "\n".join([line.format(0, 100.0, 9.0), line.format(10, 3000.0, 0.2), line.format(20, 2000.0, 0.1),
                      "Epoch: [0] Total time: 0:00:09", "Test:  Total time: 0:00:01", "Training time 0:00:12"])
     rate, own = bench.reference_rate(log, 256, skip_prints=1)
@@ -696,7 +819,7 @@ def test_bench_reference_rate_reads_end_to_end_step_time():
 
 
 def test_bench_jpeg_rows_on_cpu(tmp_path):
-    """The real-JPEG section end to end on tiny data: loader alone, CPU decode and the GPU-decode path (run on the CPU)."""
+    """The real-JPEG section end to end on tiny data: the loader alone and the training step on its batches."""
     import argparse
     import bench
     images = os.path.join(make_image_folder(tmp_path / "d"), "train")  # 12 files, one PNG and one grayscale per class
@@ -704,6 +827,5 @@ def test_bench_jpeg_rows_on_cpu(tmp_path):
                               link_dir=str(tmp_path / "links"))
     assert bench.jpeg_plan(args) == (2, 10, 5)  # 12 steps x 4 images over 12 files: 4 copies, plus one
     rows = bench.bench_jpeg(args, torch.device("cpu"))
-    assert [r["data"] for r in rows] == ["JPEG, cpu decode, 1 workers, loader alone", "JPEG, cpu decode, 1 workers",
-                                         "JPEG, gpu decode, 1 workers", "JPEG, gpu decode, 1 workers, decode_jpeg alone"]
+    assert [r["data"] for r in rows] == ["JPEG, 1 workers, loader alone", "JPEG, 1 workers"]
     assert all(float(r["img/s"]) > 0 for r in rows)

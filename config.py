@@ -1,0 +1,125 @@
+"""train.py's command line: its flags, the built-in demo's settings, checks on every value, and what a checkpoint
+fixes on resume (the recipe flags and the global batch).
+
+Needs only torch (for the model names, model.py). train.py is its user:
+
+    python train.py --help
+"""
+import argparse
+import math
+import os
+import sys
+
+import model as models
+from runtime import UserError, cpu_count
+
+# The built-in demo (no --data): settings that finish in about 2 minutes on 2 CPU cores. Flags still win.
+DEMO = dict(epochs=6, batch_size=32, lr=2.0, zero_init_residual=True, warmup_epochs=1, weight_decay=5e-5,
+            label_smoothing=0.0, mixup=0.0, cutmix=0.0, auto_augment="none", random_erase=0.0, min_scale=0.5,
+            train_res=48, val_res=48, val_resize=48, workers=2, output="runs/demo")
+# The flags a checkpoint fixes: on resume they come from it, and a different value on the command line is refused.
+RECIPE = ("model", "epochs", "lr", "momentum", "weight_decay", "warmup_epochs", "decay", "label_smoothing", "mixup",
+          "cutmix", "auto_augment", "random_erase", "min_scale", "train_res", "val_res", "val_resize",
+          "zero_init_residual", "ema", "ema_half_life", "seed", "sync_bn")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        raise UserError(f"{message} (python train.py --help lists the flags)")
+
+
+def finite(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def get_args(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = ArgumentParser(description="Train ResNet-50 from scratch.", allow_abbrev=False,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--data", help="ImageNet-layout folder (DATA/train/<class>, DATA/val/<class>), 'synthetic', or none: the demo")
+    a("--demo-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "resnet50-demo-v3"), help="demo set folder")
+    a("--model", default="resnet50", choices=sorted(models.MODELS), help="resnet50: model.py; tv_resnet50: torchvision")
+    a("--epochs", type=int, default=100, help="training epochs")
+    a("--batch-size", type=int, default=256, help="images per process per step; global batch = this x processes")
+    a("--lr", type=finite, default=0.5, help="peak LR per 1024 images of global batch (linear scaling)")
+    a("--momentum", type=finite, default=0.9, help="SGD momentum")
+    a("--weight-decay", type=finite, default=2e-5, help="L2 weight decay on conv and fc weights, none on BN and biases")
+    a("--warmup-epochs", type=finite, default=5, help="linear warmup epochs, then --decay to 0; set every step")
+    a("--decay", default="cosine", choices=["cosine", "linear"], help="LR decay to 0 at the last step")
+    a("--label-smoothing", type=finite, default=0.1, help="label smoothing")
+    a("--mixup", type=finite, default=0.2, help="mixup alpha (0 = off)")
+    a("--cutmix", type=finite, default=1.0, help="cutmix alpha (0 = off); with both on, one of the two per batch")
+    a("--auto-augment", default="ta_wide", choices=["ta_wide", "none"], help="TrivialAugmentWide or none")
+    a("--random-erase", type=finite, default=0.1, help="random erasing probability")
+    a("--min-scale", type=finite, default=0.08, help="smallest RandomResizedCrop area fraction")
+    a("--train-res", type=int, default=176, help="training crop size")
+    a("--val-res", type=int, default=224, help="validation centre-crop size")
+    a("--val-resize", type=int, default=232, help="validation resize of the shorter side, before the crop")
+    a("--zero-init-residual", action=argparse.BooleanOptionalAction, default=False, help="zero each block's last BN")
+    a("--ema", action=argparse.BooleanOptionalAction, default=True, help="keep an EMA of weights and buffers")
+    a("--ema-half-life", type=finite, default=0.027, help="EMA half-life as a fraction of all training steps")
+    a("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
+    a("--seed", type=int, default=0, help="random seed: weights, data order and augmentations depend only on it")
+    a("--workers", type=int, default=None, help="loader processes per training process (default min(8, CPUs/procs))")
+    a("--output", default="runs/r50", help="folder for checkpoints and metrics.jsonl (one run at a time)")
+    a("--resume", help="checkpoint to continue from, or 'auto' for OUTPUT/last.pt if it exists")
+    a("--amp", choices=["bf16", "fp16", "off"], help="autocast dtype (default bf16 on GPUs that have it, off on CPU)")
+    a("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC layout (default: on CUDA)")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--device", help="cuda or cpu (default: cuda when available)")
+    a("--eval-only", action="store_true", help="only score --resume's weights (raw and EMA) on DATA/val")
+    a("--log-every", type=int, default=50, help="steps between progress lines (the loss is read only then)")
+    a("--save-every-min", type=finite, default=0, help="also write last.pt every this many minutes (0 = per epoch)")
+    a("--max-steps", type=int, default=0, help="stop after this many steps in all, resumable (0 = no limit)")
+    a("--max-unreadable", type=finite, default=0.01, help="stop when more than this share of an epoch is unreadable")
+    args = p.parse_args(argv)
+    if args.data is None:
+        p.set_defaults(**DEMO)
+        args = p.parse_args(argv)
+    given = {token.split("=")[0] for token in argv if token.startswith("--")}
+    args.explicit = {x.dest for x in p._actions if given & set(x.option_strings)}
+    check_args(args)
+    return args
+
+
+def check_args(args):
+    def need(ok, message):
+        if not ok:
+            raise UserError(message)
+    for name in ("epochs", "batch_size", "train_res", "val_res", "val_resize", "log_every", "lr", "ema_half_life"):
+        need(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("weight_decay", "warmup_epochs", "mixup", "cutmix", "save_every_min", "max_steps", "seed"):
+        need(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
+    need(args.batch_size >= 2, "--batch-size must be at least 2: BatchNorm needs two images per process")
+    need(0 <= args.label_smoothing < 1 and 0 <= args.random_erase <= 1 and 0 <= args.momentum < 1,
+         "--label-smoothing and --momentum must be in [0, 1), --random-erase in [0, 1]")
+    need(0 < args.min_scale <= 1 and 0 <= args.max_unreadable <= 1, "--min-scale in (0, 1], --max-unreadable in [0, 1]")
+    need(args.warmup_epochs <= args.epochs, f"--warmup-epochs {args.warmup_epochs} exceeds --epochs {args.epochs}")
+    need(args.val_resize >= args.val_res, f"--val-resize {args.val_resize} is below --val-res {args.val_res}: the "
+         "centre crop would not fit (torchvision's eval resizes to 232 or 256, then crops 224)")
+    procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    args.workers = min(8, max(1, cpu_count() // procs - 1)) if args.workers is None else args.workers
+    need(0 <= args.workers <= cpu_count(), f"--workers {args.workers}: this machine has {cpu_count()} CPUs for it")
+    need(not args.eval_only or args.resume, "--eval-only needs --resume PATH (the weights to score)")
+
+
+def apply_contract(args, ckpt, world):
+    """The recipe comes from the checkpoint; a flag given with another value is refused, naming it."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != 2:
+        raise UserError(f"--resume {args.resume} is not a training checkpoint of this train.py (model.pt and older "
+                        "checkpoints work with --eval-only)")
+    config = ckpt["config"]
+    for name in RECIPE:
+        if name in args.explicit and getattr(args, name) != config[name]:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} differs from {config[name]} in "
+                            f"{args.resume}: a resumed run keeps its recipe (drop the flag, or start a new --output)")
+        setattr(args, name, config[name])
+    batch, rest = divmod(config["global_batch"], world)
+    if rest or "batch_size" in args.explicit and args.batch_size != batch:
+        raise UserError(f"{args.resume} trained at a global batch of {config['global_batch']}: with {world} "
+                        f"process(es) --batch-size must be {config['global_batch'] / world:g}, a whole number")
+    args.batch_size = batch
