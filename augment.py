@@ -23,6 +23,10 @@ Semantics, and how they compare with the two libraries people know:
 - MixupCutmix picks CutMix with probability `switch_prob` when both are on (timm's `switch_prob`;
   torchvision's reference uses `RandomChoice([MixUp, CutMix])`, i.e. 0.5). Unlike timm it has no `prob` to skip
   mixing for some batches.
+
+`binary_cross_entropy(logits, targets, target_threshold=None)` is the loss of the "ResNet strikes back" recipes
+(https://arxiv.org/abs/2110.00476), timm's `BinaryCrossEntropy` on mixed targets: one sigmoid per class, the mean
+over all B*C terms, targets optionally binarised to (targets > target_threshold) first.
 """
 import math
 
@@ -131,3 +135,21 @@ def soft_cross_entropy(logits, targets, weights=None):
         return F.cross_entropy(logits.float(), targets.float())
     losses = F.cross_entropy(logits.float(), targets.float(), reduction="none")
     return (losses * weights).sum() / len(weights)
+
+
+def binary_cross_entropy(logits, targets, target_threshold=None, weights=None):
+    """Binary cross-entropy of each class's logit against soft targets [B, C] (already smoothed/mixed), as timm's
+    `BinaryCrossEntropy` (timm/loss/binary_cross_entropy.py) given such targets: the mean over all B*C terms.
+
+    `target_threshold` first turns the targets into 1.0 where above it, 0.0 elsewhere (timm's `--bce-target-thresh`).
+    With per-sample `weights` [B]: each sample's mean over classes, weighted, summed and divided by B, the convention of
+    soft_cross_entropy (timm's `weight` is per class instead; not offered). Computed in float32 whatever the autocast
+    dtype, as autocast itself runs this loss.
+    """
+    targets = targets.float()
+    if target_threshold is not None:
+        targets = targets.gt(target_threshold).float()
+    losses = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+    if weights is None:
+        return losses.mean()
+    return (losses.mean(1) * weights).sum() / len(weights)

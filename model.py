@@ -1,13 +1,10 @@
 """ResNet-50 (and 18/34/101/152) written by hand, structurally identical to torchvision's.
 
-Needs only torch (torchvision is imported inside `torchvision_resnet50`, the one function that uses it), so this
-file can be copied into another project on its own. Same module names, state_dict keys, shapes, module creation
-order and use of the random generator as `torchvision.models.resnet50(weights=None)`: a checkpoint of either
-loads into the other with strict=True, and the same weights give the same outputs.
-
-This file builds the network and leaves every layer with PyTorch's default initialisation; `init.py` applies the
-He init for from-scratch training (`init_weights(resnet50(), fc_std=None)` reproduces torchvision's constructor
-bit for bit from the same seed). `train.py` builds models through `create_model`, which does both.
+Needs only torch (torchvision only inside `torchvision_resnet50`), so it copies alone. Same module names, state_dict
+keys, shapes, module creation order and use of the random generator as `torchvision.models.resnet50(weights=None)`:
+a checkpoint of either loads into the other with strict=True, and the same weights give the same outputs. Layers
+keep PyTorch's default init here; `init.py` applies the He init (`init_weights(resnet50(), fc_std=None)` is
+torchvision's constructor bit for bit from the same seed), and `create_model` does both.
 
     python -c "import model; m = model.resnet50(); print(sum(p.numel() for p in m.parameters()))"  # 25557032
 """

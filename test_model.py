@@ -9,6 +9,7 @@ Multi-process tests run torchrun with gloo on the CPU. What needs CUDA (NCCL, se
 code guards it instead (runtime.broadcast_buffers refuses a tensor off the training device; the stop vote uses only
 device tensors), and the collective tests below check which tensors reach a collective.
 """
+import io
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import augment
 import data
 import demo
 import init
+import lamb
 import model
 import runtime
 import train
@@ -232,6 +234,149 @@ def test_soft_cross_entropy_weights_drop_samples_at_a_fixed_scale():
     weights = torch.tensor([1.0, 0.0, 1.0, 1.0])
     assert torch.allclose(augment.soft_cross_entropy(logits, targets, weights), (per_sample * weights).sum() / 4)
     assert torch.allclose(augment.soft_cross_entropy(logits, targets, torch.ones(4)), per_sample.mean())
+
+
+# --------------------------------------------------------------------------------------- lamb.py, BCE loss
+
+def reference_lamb(weights, grads_per_step, groups, betas=(0.9, 0.999), eps=1e-6, max_grad_norm=1.0):
+    """LAMB written out from timm/optim/lamb.py with its defaults, on plain tensors (no optimizer machinery).
+
+    weights: list of tensors; groups: list of (indices into weights, lr, weight_decay). Returns the weights after
+    every step and the global gradient norm of every step.
+    """
+    w = [x.clone() for x in weights]
+    m = [torch.zeros_like(x) for x in w]
+    v = [torch.zeros_like(x) for x in w]
+    history, norms = [], []
+    for t, grads in enumerate(grads_per_step, start=1):
+        global_norm = torch.sqrt(sum((g * g).sum() for g in grads))
+        norms.append(float(global_norm))
+        clip = max(float(global_norm) / max_grad_norm, 1.0)
+        for indices, lr, wd in groups:
+            for i in indices:
+                g = grads[i] / clip
+                m[i] = betas[0] * m[i] + (1 - betas[0]) * g
+                v[i] = betas[1] * v[i] + (1 - betas[1]) * g * g
+                m_hat, v_hat = m[i] / (1 - betas[0] ** t), v[i] / (1 - betas[1] ** t)
+                update = m_hat / (torch.sqrt(v_hat) + eps)
+                if wd != 0:
+                    update = update + wd * w[i]
+                    w_norm, u_norm = float(w[i].norm()), float(update.norm())
+                    update = update * (w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0)
+                w[i] = w[i] - lr * update
+        history.append([x.clone() for x in w])
+    return history, norms
+
+
+def make_problem(steps=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(8, 5), (3, 4, 2), (8,), (5,), (6, 3)]
+    weights = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    weights[4].zero_()  # ||w|| = 0: trust ratio 1 on the first step
+    # Steps alternate between gradients far above max_grad_norm (clipping on) and tiny ones (clipping off).
+    grads = [[torch.randn(s, generator=gen, dtype=torch.float64) * (30.0 if k % 2 == 0 else 0.01) for s in shapes]
+             for k in range(steps)]
+    groups = [([0, 1, 4], 0.01, 0.05), ([2, 3], 0.003, 0.0)]
+    return weights, grads, groups
+
+
+def make_lamb(params, groups):
+    return lamb.Lamb([{"params": [params[i] for i in idx], "lr": lr, "weight_decay": wd} for idx, lr, wd in groups],
+                lr=1.0, weight_decay=0.5)
+
+
+def run_lamb(optimizer, params, grads_per_step):
+    out = []
+    for grads in grads_per_step:
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        for p, g in zip(params, grads):
+            assert torch.equal(p.grad, g)  # gradients are not modified in place
+        out.append([p.detach().clone() for p in params])
+    return out
+
+
+def test_lamb_matches_written_out_algorithm():
+    weights, grads, groups = make_problem()
+    expected, norms = reference_lamb(weights, grads, groups)
+    assert max(norms) > 100 and min(norms) < 1  # both clipping branches ran
+    params = [torch.nn.Parameter(w.clone()) for w in weights]
+    got = run_lamb(make_lamb(params, groups), params, grads)
+    for step, (g, e) in enumerate(zip(got, expected)):
+        for a, b in zip(g, e):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"step {step + 1}")
+    assert all(not torch.equal(a, w) for a, w in zip(got[-1], weights))  # every tensor moved
+
+
+def test_lamb_closure_and_no_decay_group_is_plain_adam():
+    # With weight_decay 0 and no clipping, one LAMB step is one Adam step with the same eps.
+    w = torch.randn(10, dtype=torch.float64)
+    a, b = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+    optimizer = lamb.Lamb([a], lr=0.1, weight_decay=0.0, max_grad_norm=None)
+    adam = torch.optim.Adam([b], lr=0.1, eps=1e-6)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (a ** 3).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        before = (a.detach() ** 3).sum()
+        assert torch.equal(optimizer.step(closure), before)  # step runs the closure with grad on and returns its loss
+        b.grad = a.grad.clone()
+        adam.step()
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_lamb_state_dict_round_trip():
+    weights, grads, groups = make_problem(steps=8, seed=1)
+    params = [torch.nn.Parameter(w.clone()) for w in weights]
+    optimizer = make_lamb(params, groups)
+    run_lamb(optimizer, params, grads[:4])
+    buffer = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), "params": [p.detach() for p in params]}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed_params = [torch.nn.Parameter(w.clone()) for w in saved["params"]]
+    resumed = make_lamb(resumed_params, [(idx, 123.0, 0.7) for idx, _, _ in groups])  # hyperparameters restored too
+    resumed.load_state_dict(saved["optimizer"])
+    assert [g["step"] for g in resumed.param_groups] == [4, 4]
+    assert [(g["lr"], g["weight_decay"]) for g in resumed.param_groups] == [(lr, wd) for _, lr, wd in groups]
+    continued = run_lamb(optimizer, params, grads[4:])
+    again = run_lamb(resumed, resumed_params, grads[4:])
+    for g, e in zip(again, continued):
+        for a, b in zip(g, e):
+            assert torch.equal(a, b)
+
+
+def bce_formula(logits, targets):
+    p = torch.sigmoid(logits.double())
+    return -(targets * torch.log(p) + (1 - targets) * torch.log(1 - p))
+
+
+def test_binary_cross_entropy_against_its_formula():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 10, generator=gen) * 3
+    targets = torch.softmax(torch.randn(6, 10, generator=gen) * 2, 1)  # soft rows summing to 1
+    weights = torch.tensor([1.0, 0.0, 2.0, 0.5, 1.0, 0.0])
+    terms = bce_formula(logits, targets.double())
+    torch.testing.assert_close(augment.binary_cross_entropy(logits, targets).double(), terms.mean())
+    torch.testing.assert_close(augment.binary_cross_entropy(logits, targets, weights=weights).double(),
+                               (terms.mean(1) * weights.double()).sum() / 6)
+    hard = (targets > 0.2).double()
+    assert 0 < hard.sum() < hard.numel()  # the threshold really splits
+    torch.testing.assert_close(augment.binary_cross_entropy(logits, targets, target_threshold=0.2).double(),
+                               bce_formula(logits, hard).mean())
+    torch.testing.assert_close(augment.binary_cross_entropy(logits, targets, 0.2, weights).double(),
+                               (bce_formula(logits, hard).mean(1) * weights.double()).sum() / 6)
+    # Unit weights give the plain mean; half-precision logits are computed in float32.
+    torch.testing.assert_close(augment.binary_cross_entropy(logits, targets, weights=torch.ones(6)),
+                               augment.binary_cross_entropy(logits, targets))
+    out = augment.binary_cross_entropy(logits.bfloat16(), targets)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, F.binary_cross_entropy_with_logits(logits.bfloat16().float(), targets))
 
 
 # ------------------------------------------------------------------------------------------- data.py, demo.py

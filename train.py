@@ -1,6 +1,6 @@
 """Train ResNet-50 from random weights on ImageNet (or the built-in demo), on one GPU, many GPUs, or the CPU.
 
-Needs torch, torchvision, pillow and the files beside it (model.py, init.py, augment.py, data.py, demo.py).
+Needs torch, torchvision, pillow and the files beside it (config, runtime, data, demo, model, init, augment).
 
     python train.py                                   # built-in demo: ~2 min on a 2-core CPU
     python train.py --data /imagenet --epochs 100     # ImageNet, one GPU
@@ -243,6 +243,7 @@ def train_epoch(args, d, t, loader, stop, seen):
                 f"eta {datetime.timedelta(seconds=int(eta))}")
             window, window_start = [torch.zeros((), device=d.device), 0, 0, 0], now
         if flags[2]:
+            check_finite([t.raw] + ([t.ema.module] if t.ema else []), t.step)
             save_last(args, d, t)
             last_save = time.perf_counter()
         if flags[0] or flags[1] or t.step == end:
