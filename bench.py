@@ -82,9 +82,9 @@ def bench_pipeline(args):
 # ------------------------------------------------------------------------------------------ GPU model step
 
 def step_fn(args, res, amp, channels_last, compile_mode, device):
-    """train.py's training step (its model, optimiser, mixing, loss and autocast) on a fresh ResNet-50."""
-    targs = config.get_args(["--data", "synthetic", "--amp", amp, "--train-res", str(res), "--batch-size",
-                            str(args.batch), "--no-ema", "--workers", "0", "--device", device.type] +
+    """train.py's training step (model, optimiser, mixing, loss, autocast) of the V2 recipe on a fresh ResNet-50."""
+    targs = config.get_args(["--data", "synthetic", "--recipe", "v2", "--amp", amp, "--train-res", str(res),
+                             "--batch-size", str(args.batch), "--no-ema", "--workers", "0", "--device", device.type] +
                            (["--channels-last"] if channels_last else ["--no-channels-last"]))
     d = runtime.Dist(0, 1, device, False)
     t = train.build_trainer(targs, d, 1000, steps_per_epoch=10**6)
@@ -197,7 +197,8 @@ def bench_jpeg(args, device):
     amp, cl = ("bf16", True) if device.type == "cuda" else ("off", False)
     rows = []
     for res in args.res:
-        targs = config.get_args(["--data", root, "--train-res", str(res), "--batch-size", str(args.batch), "--workers",
+        targs = config.get_args(["--data", root, "--recipe", "v2", "--ra-reps", "1", "--train-res", str(res),
+                                 "--batch-size", str(args.batch), "--workers",
                                 str(args.workers), "--device", device.type])
         loader = data.build_loaders(targs, root, 0, 1, device.type == "cuda")[2]
         name = f"JPEG, {args.workers} workers"

@@ -1,5 +1,5 @@
-"""train.py's command line: its flags, the built-in demo's settings, checks on every value, and what a checkpoint
-fixes on resume (the recipe flags and the global batch).
+"""train.py's command line: its flags, the recipes (named sets of defaults), checks on every value, and what a
+checkpoint fixes on resume (the recipe flags and the global batch).
 
 Needs only torch (for the model names, model.py). train.py is its user:
 
@@ -13,14 +13,31 @@ import sys
 import model as models
 from runtime import UserError, cpu_count
 
-# The built-in demo (no --data): settings that finish in about 2 minutes on 2 CPU cores. Flags still win.
-DEMO = dict(epochs=6, batch_size=32, lr=2.0, zero_init_residual=True, warmup_epochs=1, weight_decay=5e-5,
-            label_smoothing=0.0, mixup=0.0, cutmix=0.0, auto_augment="none", random_erase=0.0, min_scale=0.5,
-            train_res=48, val_res=48, val_resize=48, workers=2, output="runs/demo")
+# --recipe: named sets of defaults; flags given on the command line still win. Sources, and what we do
+# differently from each, are in README's "Recipes". The parser's own defaults are torchvision's V2 recipe.
+RECIPES = {
+    # "ResNet strikes back" A3 (Wightman, Touvron, Jegou 2021, arXiv 2110.00476, table 1; timm's rsb-a3 config):
+    # 78.1% top-1 after 100 epochs (theirs). LAMB at 8e-3 for a global batch of 2048: --lr is per 1024 images.
+    "a3": dict(epochs=100, opt="lamb", lr=4e-3, weight_decay=0.02, warmup_epochs=5, decay="cosine", loss="bce",
+               bce_threshold=0.2, label_smoothing=0.0, mixup=0.1, cutmix=1.0, auto_augment="ra", ra_magnitude=6,
+               interpolation="bicubic", random_erase=0.0, train_res=160, val_res=224, val_resize=235, ema=False,
+               zero_init_residual=True),
+    # torchvision's V2 (80.858% after 600 epochs, theirs), with its repeated-augmentation sampler (--ra-reps 4).
+    "v2": dict(epochs=600, ra_reps=4),
+    # Our imagenette proxy (10 classes, 128 px, 5 epochs; BENCHMARKS "The SGD recipe, 5 epochs").
+    "nette5": dict(epochs=5, batch_size=64, lr=4.0, warmup_epochs=2, decay="linear", weight_decay=5e-5, mixup=0.0,
+                   cutmix=0.0, auto_augment="none", random_erase=0.0, min_scale=1.0, train_res=128, val_res=128,
+                   val_resize=128, zero_init_residual=True, ema=False),
+    # The built-in demo (no --data): about 2 minutes on 2 CPU cores.
+    "demo": dict(epochs=6, batch_size=32, lr=2.0, zero_init_residual=True, warmup_epochs=1, weight_decay=5e-5,
+                 label_smoothing=0.0, mixup=0.0, cutmix=0.0, auto_augment="none", random_erase=0.0, min_scale=0.5,
+                 train_res=48, val_res=48, val_resize=48, workers=2, output="runs/demo"),
+}
 # The flags a checkpoint fixes: on resume they come from it, and a different value on the command line is refused.
-RECIPE = ("model", "epochs", "lr", "momentum", "weight_decay", "warmup_epochs", "decay", "label_smoothing", "mixup",
-          "cutmix", "auto_augment", "random_erase", "min_scale", "train_res", "val_res", "val_resize",
-          "zero_init_residual", "ema", "ema_half_life", "seed", "sync_bn")
+RECIPE = ("recipe", "model", "epochs", "opt", "lr", "momentum", "weight_decay", "warmup_epochs", "decay", "loss",
+          "bce_threshold", "label_smoothing", "mixup", "cutmix", "auto_augment", "ra_magnitude", "interpolation",
+          "random_erase", "min_scale", "train_res", "val_res", "val_resize", "ra_reps", "zero_init_residual", "ema",
+          "ema_half_life", "seed", "sync_bn")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -42,23 +59,30 @@ def get_args(argv=None):
     a = p.add_argument
     a("--data", help="ImageNet-layout folder (DATA/train/<class>, DATA/val/<class>), 'synthetic', or none: the demo")
     a("--demo-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "resnet50-demo-v3"), help="demo set folder")
+    a("--recipe", choices=sorted(RECIPES), help="named defaults (README, Recipes): a3 with --data, demo without")
     a("--model", default="resnet50", choices=sorted(models.MODELS), help="resnet50: model.py; tv_resnet50: torchvision")
     a("--epochs", type=int, default=100, help="training epochs")
     a("--batch-size", type=int, default=256, help="images per process per step; global batch = this x processes")
+    a("--opt", default="sgd", choices=["sgd", "lamb"], help="SGD with momentum, or LAMB (lamb.py)")
     a("--lr", type=finite, default=0.5, help="peak LR per 1024 images of global batch (linear scaling)")
     a("--momentum", type=finite, default=0.9, help="SGD momentum")
-    a("--weight-decay", type=finite, default=2e-5, help="L2 weight decay on conv and fc weights, none on BN and biases")
+    a("--weight-decay", type=finite, default=2e-5, help="weight decay on conv and fc weights, none on BN and biases")
     a("--warmup-epochs", type=finite, default=5, help="linear warmup epochs, then --decay to 0; set every step")
     a("--decay", default="cosine", choices=["cosine", "linear"], help="LR decay to 0 at the last step")
+    a("--loss", default="ce", choices=["ce", "bce"], help="softmax cross-entropy, or binary cross-entropy (timm's)")
+    a("--bce-threshold", type=finite, default=0.2, help="--loss bce: targets above this become 1, the rest 0")
     a("--label-smoothing", type=finite, default=0.1, help="label smoothing")
     a("--mixup", type=finite, default=0.2, help="mixup alpha (0 = off)")
     a("--cutmix", type=finite, default=1.0, help="cutmix alpha (0 = off); with both on, one of the two per batch")
-    a("--auto-augment", default="ta_wide", choices=["ta_wide", "none"], help="TrivialAugmentWide or none")
+    a("--auto-augment", default="ta_wide", choices=["ta_wide", "ra", "none"], help="TrivialAugmentWide, RandAugment")
+    a("--ra-magnitude", type=int, default=9, help="RandAugment magnitude, 0-10 as timm's (2 ops per image)")
+    a("--interpolation", default="bilinear", choices=["bilinear", "bicubic"], help="training crop resampling")
     a("--random-erase", type=finite, default=0.1, help="random erasing probability")
     a("--min-scale", type=finite, default=0.08, help="smallest RandomResizedCrop area fraction")
     a("--train-res", type=int, default=176, help="training crop size")
     a("--val-res", type=int, default=224, help="validation centre-crop size")
     a("--val-resize", type=int, default=232, help="validation resize of the shorter side, before the crop")
+    a("--ra-reps", type=int, default=1, help="repeated augmentation: an epoch is 1/this of the images, each this often")
     a("--zero-init-residual", action=argparse.BooleanOptionalAction, default=False, help="zero each block's last BN")
     a("--ema", action=argparse.BooleanOptionalAction, default=True, help="keep an EMA of weights and buffers")
     a("--ema-half-life", type=finite, default=0.027, help="EMA half-life as a fraction of all training steps")
@@ -70,16 +94,18 @@ def get_args(argv=None):
     a("--amp", choices=["bf16", "fp16", "off"], help="autocast dtype (default bf16 on GPUs that have it, off on CPU)")
     a("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC layout (default: on CUDA)")
     a("--compile", action="store_true", help="torch.compile the model")
-    a("--device", help="cuda or cpu (default: cuda when available)")
+    a("--device", choices=["cuda", "cpu"], help="default: cuda when available (under torchrun, GPU LOCAL_RANK)")
     a("--eval-only", action="store_true", help="only score --resume's weights (raw and EMA) on DATA/val")
     a("--log-every", type=int, default=50, help="steps between progress lines (the loss is read only then)")
     a("--save-every-min", type=finite, default=0, help="also write last.pt every this many minutes (0 = per epoch)")
     a("--max-steps", type=int, default=0, help="stop after this many steps in all, resumable (0 = no limit)")
     a("--max-unreadable", type=finite, default=0.01, help="stop when more than this share of an epoch is unreadable")
+    a("--dry-run", action="store_true", help="print the resolved settings as JSON and exit, touching nothing")
     args = p.parse_args(argv)
-    if args.data is None:
-        p.set_defaults(**DEMO)
-        args = p.parse_args(argv)
+    args.recipe = args.recipe or ("a3" if args.data else "demo")
+    p.set_defaults(**RECIPES[args.recipe])
+    args = p.parse_args(argv)
+    args.recipe = args.recipe or ("a3" if args.data else "demo")
     given = {token.split("=")[0] for token in argv if token.startswith("--")}
     args.explicit = {x.dest for x in p._actions if given & set(x.option_strings)}
     check_args(args)
@@ -90,14 +116,17 @@ def check_args(args):
     def need(ok, message):
         if not ok:
             raise UserError(message)
-    for name in ("epochs", "batch_size", "train_res", "val_res", "val_resize", "log_every", "lr", "ema_half_life"):
+    for name in ("epochs", "batch_size", "train_res", "val_res", "val_resize", "log_every", "lr", "ema_half_life",
+                 "ra_reps"):
         need(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    need(args.seed < 2**63, f"--seed must be below 2**63, got {args.seed}")
     for name in ("weight_decay", "warmup_epochs", "mixup", "cutmix", "save_every_min", "max_steps", "seed"):
         need(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
     need(args.batch_size >= 2, "--batch-size must be at least 2: BatchNorm needs two images per process")
     need(0 <= args.label_smoothing < 1 and 0 <= args.random_erase <= 1 and 0 <= args.momentum < 1,
          "--label-smoothing and --momentum must be in [0, 1), --random-erase in [0, 1]")
     need(0 < args.min_scale <= 1 and 0 <= args.max_unreadable <= 1, "--min-scale in (0, 1], --max-unreadable in [0, 1]")
+    need(0 <= args.bce_threshold < 1 and 0 <= args.ra_magnitude <= 10, "--bce-threshold in [0, 1), --ra-magnitude 0-10")
     need(args.warmup_epochs <= args.epochs, f"--warmup-epochs {args.warmup_epochs} exceeds --epochs {args.epochs}")
     need(args.val_resize >= args.val_res, f"--val-resize {args.val_resize} is below --val-res {args.val_res}: the "
          "centre crop would not fit (torchvision's eval resizes to 232 or 256, then crops 224)")
@@ -108,8 +137,14 @@ def check_args(args):
 
 
 def apply_contract(args, ckpt, world):
-    """The recipe comes from the checkpoint; a flag given with another value is refused, naming it."""
-    if not isinstance(ckpt, dict) or ckpt.get("format") != 2:
+    """The recipe comes from the checkpoint; a flag given with another value is refused, naming it. --eval-only
+    takes only the model and the val settings from it, and flags given win."""
+    if args.eval_only:
+        for name in ("model", "val_res", "val_resize") if isinstance(ckpt, dict) and "config" in ckpt else ():
+            setattr(args, name, getattr(args, name) if name in args.explicit else ckpt["config"][name])
+        args.ema = isinstance(ckpt, dict) and ckpt.get("ema") is not None  # score the EMA weights where there are
+        return
+    if not isinstance(ckpt, dict) or ckpt.get("format") != 3:
         raise UserError(f"--resume {args.resume} is not a training checkpoint of this train.py (model.pt and older "
                         "checkpoints work with --eval-only)")
     config = ckpt["config"]
@@ -123,3 +158,10 @@ def apply_contract(args, ckpt, world):
         raise UserError(f"{args.resume} trained at a global batch of {config['global_batch']}: with {world} "
                         f"process(es) --batch-size must be {config['global_batch'] / world:g}, a whole number")
     args.batch_size = batch
+
+
+def resolved(args, world):
+    """--dry-run: every setting after the recipe and the flags, with the global batch and the peak LR."""
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in ("explicit", "dry_run")}
+    return {**settings, "world": world, "global_batch": args.batch_size * world,
+            "peak_lr": args.lr * args.batch_size * world / 1024}

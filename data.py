@@ -31,12 +31,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-class DataError(Exception):  # a problem with the user's data, not a bug: one line, exit 2
-    pass
+class DataError(Exception):
+    """A problem with the user's data, not a bug: one line, exit 2."""
 
 
-class Unreadable(Exception):  # PIL could not decode this file: skip it and report it
-    pass
+class Unreadable(Exception):
+    """PIL could not decode this file: skip it and report it."""
 
 
 # ------------------------------------------------------------------------------------------ folders and checks
@@ -55,7 +55,7 @@ def list_images(split_dir, classes):
     samples = []
     for index, name in enumerate(classes):
         folder = os.path.join(split_dir, name)
-        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        files = sorted(e.name for e in os.scandir(folder) if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file())
         if not files:
             raise DataError(f"empty class folder {folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
         samples += [(os.path.join(folder, f), index) for f in files]
@@ -104,16 +104,12 @@ def random_resized_crop_box(width, height, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 
             left = torch.randint(0, width - w + 1, size=(1,)).item()
             return left, top, w, h
     in_ratio = width / height  # fallback to a central crop, as torchvision does
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        w, h = width, height
+    w, h = ((width, int(round(width / min(ratio)))) if in_ratio < min(ratio) else
+            (int(round(height * max(ratio))), height) if in_ratio > max(ratio) else (width, height))
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def decode_crop_resize(image, box, size):
+def decode_crop_resize(image, box, size, resample=Image.BILINEAR):
     """Decode only as much as needed (JPEG draft mode), then crop box=(left, top, w, h) and resize to size."""
     left, top, w, h = box
     full_w, full_h = image.size
@@ -122,26 +118,30 @@ def decode_crop_resize(image, box, size):
     image = decode(image, (math.ceil(full_w * size[0] / w), math.ceil(full_h * size[1] / h)))
     scale = 2 ** round(math.log2(full_w / image.size[0]))  # 1, 2, 4 or 8: libjpeg's DCT scaling
     crop = (left / scale, top / scale, min((left + w) / scale, image.size[0]), min((top + h) / scale, image.size[1]))
-    return image.resize(size, Image.BILINEAR, box=crop)
+    return image.resize(size, resample, box=crop)
 
 
 class FastRandomResizedCrop:
     """PIL image (not yet decoded) -> RandomResizedCrop(size) + horizontal flip, as a decoded RGB PIL image."""
 
-    def __init__(self, size, scale=(0.08, 1.0), hflip=0.5):
-        self.size, self.scale, self.hflip = (size, size), scale, hflip
+    def __init__(self, size, scale=(0.08, 1.0), hflip=0.5, resample=Image.BILINEAR):
+        self.size, self.scale, self.hflip, self.resample = (size, size), scale, hflip, resample
 
     def __call__(self, image):
-        image = decode_crop_resize(image, random_resized_crop_box(*image.size, scale=self.scale), self.size)
+        box = random_resized_crop_box(*image.size, scale=self.scale)
+        image = decode_crop_resize(image, box, self.size, self.resample)
         return image.transpose(Image.FLIP_LEFT_RIGHT) if torch.rand(1).item() < self.hflip else image
 
 
-def train_transform(size, auto_augment="ta_wide", random_erase=0.1, min_scale=0.08):
-    """Crop + flip, TrivialAugmentWide, uint8 tensor, random erasing: torchvision's V2 recipe on uint8."""
+def train_transform(size, auto_augment="ta_wide", random_erase=0.1, min_scale=0.08, interpolation="bilinear",
+                    ra_magnitude=9):
+    """Crop + flip, TrivialAugmentWide or RandAugment (2 ops), uint8 tensor, random erasing, all on uint8."""
     import torchvision.transforms as T
-    steps = [FastRandomResizedCrop(size, scale=(min_scale, 1.0))]
-    if auto_augment == "ta_wide":
-        steps.append(T.TrivialAugmentWide(interpolation=T.InterpolationMode.BILINEAR))
+    mode = T.InterpolationMode(interpolation)
+    steps = [FastRandomResizedCrop(size, (min_scale, 1.0), resample=getattr(Image, interpolation.upper()))]
+    if auto_augment != "none":
+        steps.append(T.TrivialAugmentWide(interpolation=mode) if auto_augment == "ta_wide" else  # 11 bins: timm's m/10
+                     T.RandAugment(2, ra_magnitude, 11, mode, fill=[round(255 * m) for m in IMAGENET_MEAN]))
     steps.append(T.PILToTensor())
     if random_erase > 0:  # RandomErasing(value=0) after Normalize, done on the uint8 image: fill with the mean
         steps.append(T.RandomErasing(p=random_erase, value=tuple(round(255 * m) for m in IMAGENET_MEAN)))
@@ -169,15 +169,15 @@ class ImageList(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, item):
-        epoch, index = item if isinstance(item, tuple) else (0, item)
-        image, label, problem = self.load(epoch, index, 0)
+        epoch, index, copy = item if isinstance(item, tuple) else (0, item, 0)
+        image, label, problem = self.load((epoch, index, copy, 0), index)
         for attempt in range(1, 4) if problem and problem[0] == "unreadable" and self.substitute else ():
-            other = self.load(epoch, (index + attempt * 7919) % len(self), attempt)  # a function of (epoch, index)
+            other = self.load((epoch, index, copy, attempt), (index + attempt * 7919) % len(self))
             if other[2] is None:
                 return other[0], other[1], problem
         return image, label, problem
 
-    def load(self, epoch, index, attempt):
+    def load(self, key, index):
         path, label = self.samples[index]
         try:
             with open(path, "rb") as f:
@@ -185,7 +185,7 @@ class ImageList(torch.utils.data.Dataset):
         except OSError as error:
             return None, label, ("io", f"cannot read {path}: {error}")
         with torch.random.fork_rng(devices=[]):  # leave the process's own random state alone
-            torch.default_generator.manual_seed(runtime.mix_seed(self.seed, epoch, index, attempt))
+            torch.default_generator.manual_seed(runtime.mix_seed(self.seed, *key))
             try:
                 try:
                     image = Image.open(io.BytesIO(raw))  # reads the header; the transform decodes
@@ -203,34 +203,34 @@ class ImageList(torch.utils.data.Dataset):
 def collate(batch, size):
     """(images uint8 [B,3,S,S], labels [B], weights [B], problems). The batch never shrinks: an image with a problem
     has weight 0 (a missing one becomes a copy of a good one, or the mean colour), so all ranks take the same step."""
-    good = [i for i, (image, _, _) in enumerate(batch) if image is not None]
+    good = [i for i, (x, _, _) in enumerate(batch) if x is not None]
     mean = torch.tensor([round(255 * m) for m in IMAGENET_MEAN], dtype=torch.uint8).view(3, 1, 1).expand(3, size, size)
-    images, labels = [], []
-    for i, (image, label, _) in enumerate(batch):
-        j = i if image is not None else good[i % len(good)] if good else None
-        images.append(batch[j][0] if j is not None else mean)
-        labels.append(batch[j][1] if j is not None else 0)
+    stand_in = [i if x is not None else good[i % len(good)] if good else None for i, (x, _, _) in enumerate(batch)]
+    images = [batch[j][0] if j is not None else mean for j in stand_in]
+    labels = [batch[j][1] if j is not None else 0 for j in stand_in]
     weights = torch.tensor([float(p is None) for _, _, p in batch])
     return torch.stack(images), torch.tensor(labels), weights, [p for _, _, p in batch if p is not None]
 
 
 class GlobalBatchSampler(torch.utils.data.Sampler):
-    """This rank's (epoch, index) items: one permutation per (seed, epoch) in global batches of batch x world (the
-    rest dropped), rank r taking the r-th slice of each, so global step k holds the same images however split."""
+    """This rank's (epoch, index, copy) items: a permutation per (seed, epoch), each image `reps` times in a row
+    (repeated augmentation, Hoffer et al. 2020), in whole global batches; rank r takes every world-th item, so step k
+    holds the same images however split, and copies go to different ranks (torchvision's RASampler)."""
 
-    def __init__(self, num_samples, batch_size, rank, world, seed):
-        self.n, self.batch, self.rank, self.world, self.seed = num_samples, batch_size, rank, world, seed
-        self.steps = num_samples // (batch_size * world)
-        self.epoch, self.start = 0, 0
+    def __init__(self, n, batch_size, rank, world, seed, reps=1):
+        self.n, self.batch, self.rank, self.world, self.seed, self.reps = n, batch_size, rank, world, seed, reps
+        self.steps, self.epoch, self.start = n // (batch_size * world), 0, 0
 
     def set_epoch(self, epoch, start_step=0):
         self.epoch, self.start = epoch, start_step
 
     def __iter__(self):
         g = torch.Generator().manual_seed(runtime.mix_seed(self.seed, self.epoch))
-        order = torch.randperm(self.n, generator=g)[:self.steps * self.batch * self.world].view(self.steps, -1)
-        mine = order[self.start:, self.rank * self.batch:(self.rank + 1) * self.batch]
-        return iter([(self.epoch, i) for i in mine.flatten().tolist()])
+        order = torch.randperm(self.n, generator=g).repeat_interleave(self.reps)[:self.steps * self.batch * self.world]
+        first = self.start * self.batch * self.world + self.rank
+        copies = torch.arange(len(order)) % self.reps
+        return iter([(self.epoch, i, k) for i, k in zip(order[first::self.world].tolist(),
+                                                          copies[first::self.world].tolist())])
 
     def __len__(self):
         return (self.steps - self.start) * self.batch
@@ -247,10 +247,14 @@ def make_loader(dataset, batch_size, sampler, workers, pin_memory, size):
 def to_device_normalized(images, device, channels_last):
     """uint8 [B,3,H,W] -> float normalised on `device` (one copy of 1 byte/pixel, then the math there)."""
     images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) * 255 for v in (IMAGENET_MEAN, IMAGENET_STD))
+    images = images.contiguous(memory_format=torch.channels_last) if channels_last else images
+    mean, std = normalization(device)
     return images.float().sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=None)
+def normalization(device):  # made once per device: a new tensor each step would be a host-device copy and a sync
+    return tuple(torch.tensor(v, device=device).view(1, 3, 1, 1) * 255 for v in (IMAGENET_MEAN, IMAGENET_STD))
 
 
 class SyntheticBatches:
@@ -273,9 +277,10 @@ def build_loaders(args, root, rank, world, pin_memory):
     if len(train_samples) < args.batch_size * world:
         raise DataError(f"{len(train_samples)} training images in {root}/train: fewer than one global batch "
                         f"({args.batch_size} x {world}); lower --batch-size")
-    train_set = ImageList(train_samples, train_transform(args.train_res, args.auto_augment, args.random_erase,
-                                                         args.min_scale), args.seed, substitute=True)
-    sampler = GlobalBatchSampler(len(train_set), args.batch_size, rank, world, args.seed)
+    transform = train_transform(args.train_res, args.auto_augment, args.random_erase, args.min_scale,
+                                args.interpolation, args.ra_magnitude)
+    train_set = ImageList(train_samples, transform, args.seed, substitute=True)
+    sampler = GlobalBatchSampler(len(train_set), args.batch_size, rank, world, args.seed, args.ra_reps)
     train_loader = make_loader(train_set, args.batch_size, sampler, args.workers, pin_memory, args.train_res)
     val_set = ImageList(val_samples, val_transform(args.val_resize, args.val_res))
     val_shard = range(rank, len(val_set), world)  # every world-th image: no padding, no duplicates, exact counts
@@ -284,10 +289,8 @@ def build_loaders(args, root, rank, world, pin_memory):
 
 
 def main():
-    if len(sys.argv) != 2:
-        sys.exit("usage: python data.py DATA (checks DATA/train/<class>/* and DATA/val/<class>/*)")
     try:
-        classes, train, val = scan_dataset(sys.argv[1])
+        classes, train, val = scan_dataset(sys.argv[1] if sys.argv[1:] else sys.exit("usage: python data.py DATA"))
     except DataError as error:
         sys.exit(f"error: {error}")
     print(f"{sys.argv[1]}: {len(classes)} classes, {len(train)} train images, {len(val)} val images")

@@ -8,6 +8,7 @@ later (its --shutdown-timeout, where it has one); its children see WORLD_SIZE, e
     python -c "import runtime; print(runtime.cpu_count())"
 """
 import collections
+import errno
 import fcntl
 import json
 import os
@@ -67,12 +68,18 @@ def agree_on_error(error, d):
         raise error
 
 
+# What SLURM, Kubernetes, a closed terminal and torchrun (which forwards TERM, INT, HUP and QUIT) send before a kill;
+# USR1 is what `sbatch --signal=USR1@120` sends.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1")
+                     if hasattr(signal, name))
+
+
 class StopRequested:
-    """SIGTERM/SIGINT (what SLURM, Kubernetes and torchrun send before a kill) set a flag the ranks vote on."""
+    """A stop signal sets a flag the ranks vote on; the run saves and exits with 128 + the signal."""
 
     def __init__(self):
         self.signum = 0
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in STOP_SIGNALS:
             signal.signal(s, self.handle)
 
     def handle(self, signum, frame):
@@ -118,8 +125,8 @@ class Vote:
 
 def broadcast_buffers(modules, device):
     """Rank 0's BatchNorm statistics to all ranks, before evaluating and saving. Only the models' own buffers
-    travel, and each must be on the training device: NCCL takes CUDA tensors only (AveragedModel's n_averaged is
-    a CPU tensor outside ema.module: broadcasting all of the AveragedModel crashes every multi-GPU run)."""
+    travel, and each must be on the training device: NCCL takes CUDA tensors only (torch's AveragedModel keeps a
+    CPU step counter among its buffers: broadcasting all of it crashed every multi-GPU run)."""
     for module in modules:
         for buffer in module.buffers():
             if buffer.device != device:
@@ -128,16 +135,18 @@ def broadcast_buffers(modules, device):
 
 
 def claim_output(folder):
-    """OUTPUT for one run at a time: it must be writable and not locked by another run (flock, released by the
-    kernel when the holder ends); temporary files that killed saves left behind are removed."""
+    """OUTPUT for one run at a time: it must be writable and not locked by another run (a POSIX lock, released by
+    the kernel when the holder ends and not inherited by loader workers); temporary files of killed saves go."""
     try:
         os.makedirs(folder, exist_ok=True)
         lock = open(os.path.join(folder, "lock"), "w")
     except OSError as error:
         raise UserError(f"cannot write to --output {folder}: {error.strerror}") from None
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EAGAIN):
+            raise UserError(f"cannot lock --output {folder}/lock: {error.strerror}") from None
         raise UserError(f"another run is using --output {folder} (it holds {folder}/lock): wait for it, stop it, "
                         "or choose another --output") from None
     for name in os.listdir(folder):
@@ -173,7 +182,7 @@ def ignore_signals_not_from(main_pid, worker_id):
     serving batches while the main process finishes its step, votes and saves (train.py's StopRequested)."""
     if not hasattr(signal, "sigwaitinfo"):  # macOS and Windows lack it: torch's default handling stays
         return
-    signals = {signal.SIGTERM, signal.SIGINT}
+    signals = set(STOP_SIGNALS)
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # delivered to the waiting thread below, not to a handler
 
     def wait_for_signals():
@@ -217,22 +226,69 @@ def check_finite(modules, step):
         raise UserError(f"the weights hold NaN/inf at step {step}: not saved. Try a lower --lr or --amp bf16", code=3)
 
 
-def resume_metrics(output, step, steps_per_epoch, rank):
-    """On a (re)start, rank 0 keeps the metrics.jsonl lines of the epochs done before the checkpoint's last one.
-    Returns whether that epoch is validated (again) first: a checkpoint at an epoch's end is written before its
-    validation, which a stop may have cut short. Every rank returns the same."""
-    done, path = step // steps_per_epoch, os.path.join(output, "metrics.jsonl")
-    pending = step % steps_per_epoch == 0 and done > 0
-    if rank == 0:
-        lines = open(path).readlines() if os.path.exists(path) else []
+def resume_metrics(output, step, steps_per_epoch, best, d):
+    """On a (re)start, rank 0 keeps the metrics.jsonl lines of the epochs the checkpoint has done. Returns, the same on
+    every rank, whether the last of them still needs its validation (the checkpoint at an epoch's end is written
+    before it, and a stop may have cut it short); and, for rank 0, the best score so far and the last line."""
+    done, path, lines = step // steps_per_epoch, os.path.join(output, "metrics.jsonl"), []
+    if d.rank == 0:
+        for line in open(path).readlines() if os.path.exists(path) else []:
+            try:
+                lines += [m for m in [json.loads(line)] if m["epoch"] <= done]
+            except (ValueError, KeyError, TypeError):  # a line torn by a kill
+                pass
         with open(path, "w") as f:
-            for line in lines:
-                try:
-                    if json.loads(line)["epoch"] < done + (not pending):
-                        f.write(line)
-                except (ValueError, KeyError, TypeError):  # a line torn by a kill
-                    pass
-    return pending
+            f.writelines(json.dumps(m) + "\n" for m in lines)
+    pending = torch.tensor(float(step % steps_per_epoch == 0 < done and not any(m["epoch"] == done for m in lines)),
+                           device=d.device)
+    if d.distributed:
+        dist.broadcast(pending, 0)
+    scores = [max(m.get("val_top1", 0), m.get("ema_top1", 0)) for m in lines]
+    return bool(pending), max([best] + scores), (lines[-1] if lines else None)  # the last line: rank 0's
+
+
+def resolve_resume(args):
+    """Rank 0 decides what a run continues from (every rank then takes its word): --resume auto is OUTPUT/last.pt
+    if there is one. A fresh run, or one from another checkpoint, may not write over the run that OUTPUT holds."""
+    last = os.path.join(args.output, "last.pt")
+    if args.resume == "auto":
+        if not os.path.exists(last) and args.eval_only:
+            raise UserError(f"--eval-only --resume auto: there is no {last} to score")
+        return last if os.path.exists(last) else None
+    if not args.eval_only and os.path.exists(last) and (not args.resume or
+                                                        os.path.realpath(args.resume) != os.path.realpath(last)):
+        raise UserError(f"--output {args.output} already holds a run (last.pt): continue it with --resume auto, "
+                        "or choose another --output")
+    return args.resume
+
+
+def share(value, d):
+    """Rank 0's value on every rank."""
+    if d.distributed:
+        box = [value]
+        dist.broadcast_object_list(box, 0)
+        value = box[0]
+    return value
+
+
+def agree_on_step(step, d):
+    """Every rank must continue from the same step (each loaded the checkpoint on its own)."""
+    if d.distributed:
+        steps = torch.tensor([float(step), -float(step)], device=d.device)
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+        if steps[0] != -steps[1]:
+            raise UserError(f"the processes resumed at different steps ({int(-steps[1])} to {int(steps[0])}): --output "
+                            "and --resume must be on a file system that every node sees")
+
+
+def amp_default(device):
+    """bf16 where the GPU has it in hardware (not emulated, as on V100 and T4), else fp16; off on the CPU."""
+    if device.type != "cuda":
+        return "off"
+    try:
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    except TypeError:  # an older torch, which did not count emulation
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def log(d, *items):

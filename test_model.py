@@ -382,8 +382,8 @@ def test_binary_cross_entropy_against_its_formula():
 # ------------------------------------------------------------------------------------------- data.py, demo.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TINY = ["--batch-size", "4", "--train-res", "32", "--val-res", "32", "--val-resize", "36", "--workers", "0",
-        "--warmup-epochs", "0.5", "--lr", "0.5", "--log-every", "2"]
+TINY = ["--recipe", "v2", "--ra-reps", "1", "--batch-size", "4", "--train-res", "32", "--val-res", "32",
+        "--val-resize", "36", "--workers", "0", "--warmup-epochs", "0.5", "--lr", "0.5", "--log-every", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -477,7 +477,7 @@ def test_sample_depends_only_on_seed_epoch_index(tmp_path):
 
     a, b = epoch_images(0, 4, 1), epoch_images(2, 2, 2)
     assert set(a) == set(b) and len(a) == 32 and all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(a[(0, 0)], a[(1, 0)])  # another epoch, another augmentation
+    assert not torch.equal(a[(0, 0, 0)], a[(1, 0, 0)])  # another epoch, another augmentation
 
 
 def test_global_batches_do_not_depend_on_the_split_and_resume_mid_epoch():
@@ -486,11 +486,37 @@ def test_global_batches_do_not_depend_on_the_split_and_resume_mid_epoch():
         for rank in range(world):
             sampler = data.GlobalBatchSampler(50, batch, rank, world, seed=1)
             sampler.set_epoch(2, start)
-            items = [i for _, i in sampler]
+            items = [i for _, i, _ in sampler]
             per_rank.append([items[k:k + batch] for k in range(0, len(items), batch)])
         return [sorted(sum(step, [])) for step in zip(*per_rank)]
     assert steps(8, 1) == steps(4, 2) == steps(2, 4)  # 6 steps of the same 8 images whatever the split
     assert steps(4, 2, start=4) == steps(8, 1)[4:] and len(steps(8, 1)) == 6
+
+
+def test_repeated_augmentation_spreads_copies_over_ranks_with_their_own_augmentation(tmp_path):
+    samplers = [data.GlobalBatchSampler(16, 4, rank, 2, seed=0, reps=4) for rank in (0, 1)]
+    items = [list(s) for s in samplers]
+    assert all(len(i) == 8 for i in items)  # an epoch is still 16 images: 4 distinct, 4 copies each
+    merged = [item for pair in zip(*items) for item in pair]  # the global order
+    assert [k for _, _, k in merged] == [0, 1, 2, 3] * 4 and len({i for _, i, _ in merged}) == 4
+    assert {i for _, i, _ in items[0]} == {i for _, i, _ in items[1]}  # each image's copies on both ranks
+    root = make_image_folder(tmp_path / "d")
+    _, samples, _ = data.scan_dataset(root)
+    dataset = data.ImageList(samples, data.train_transform(32, "ra", 0.0, 0.08, "bicubic", 6))
+    assert not torch.equal(dataset[(0, 3, 0)][0], dataset[(0, 3, 1)][0])
+
+
+def test_a3_recipe_trains_resumes_and_scores(tmp_path):
+    """LAMB, BCE with a threshold, RandAugment, bicubic crops: through --max-steps, --resume auto and --eval-only."""
+    root = make_image_folder(tmp_path / "d")
+    common = ["--data", root, "--epochs", "2", "--recipe", "a3"] + TINY[4:] + ["--lr", "0.004"]
+    run_train(common, tmp_path, "full")
+    run_train(common + ["--max-steps", "2"], tmp_path, "part")
+    metrics, out = run_train(common + ["--resume", "auto"], tmp_path, "part")
+    a, b = load(str(tmp_path / "full" / "last.pt")), load(os.path.join(out, "last.pt"))
+    assert a["step"] == b["step"] == 6 and same_weights(a, b) and a["ema"] is None
+    assert "exp_avg_sq" in b["optimizer"]["state"][0] and b["config"]["opt"] == "lamb"
+    assert math.isfinite(metrics["val_loss"])
 
 
 def test_collate_keeps_the_batch_shape_and_weighs_bad_images_zero():
@@ -509,6 +535,7 @@ def test_decode_errors_are_skipped_io_and_transform_errors_are_not(tmp_path):
     folder = os.path.join(root, "train", "a", "dir.JPEG")  # reading it fails with an OSError: an I/O error
     os.makedirs(folder)
     dataset = data.ImageList([(broken, 0), (folder, 0)], data.train_transform(32))
+    assert folder not in [path for path, _ in data.list_images(os.path.join(root, "train"), ["a"])]  # not a file
     assert dataset[0][2][0] == "unreadable" and broken in dataset[0][2][1]
     assert dataset[1][2][0] == "io" and folder in dataset[1][2][1]
     good = os.path.join(root, "train", "b", "0.JPEG")
@@ -548,6 +575,29 @@ def same_weights(a, b):
 def torchrun(args, nproc=2):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     return cmd + args + ["--device", "cpu"]
+
+
+def test_recipes_resolve_to_their_published_values(tmp_path, capsys):
+    a3 = train.config.get_args(["--data", "x"])  # the default with --data: RSB A3 (arXiv 2110.00476, table 1)
+    assert a3.recipe == "a3" and (a3.epochs, a3.opt, a3.lr * 2048 / 1024, a3.weight_decay) == (100, "lamb", 8e-3, 0.02)
+    assert (a3.warmup_epochs, a3.decay, a3.loss, a3.bce_threshold, a3.label_smoothing) == (5, "cosine", "bce", 0.2, 0)
+    assert (a3.mixup, a3.cutmix, a3.auto_augment, a3.ra_magnitude, a3.interpolation) == (0.1, 1.0, "ra", 6, "bicubic")
+    assert (a3.train_res, a3.val_res, a3.val_resize) == (160, 224, math.floor(224 / 0.95))  # crop ratio 0.95
+    assert not a3.ema and a3.random_erase == 0 and a3.ra_reps == 1 and a3.zero_init_residual  # timm: zero_init_last
+    v2 = train.config.get_args(["--data", "x", "--recipe", "v2"])  # torchvision's ResNet50_Weights.IMAGENET1K_V2
+    assert (v2.epochs, v2.opt, v2.lr, v2.weight_decay, v2.label_smoothing, v2.mixup, v2.cutmix) == \
+        (600, "sgd", 0.5, 2e-5, 0.1, 0.2, 1.0)
+    assert (v2.auto_augment, v2.random_erase, v2.train_res, v2.val_resize, v2.val_res) == \
+        ("ta_wide", 0.1, 176, 232, 224)
+    assert v2.ema and v2.ra_reps == 4 and v2.loss == "ce" and v2.warmup_epochs == 5
+    assert train.config.get_args([]).recipe == "demo" and train.config.get_args([]).train_res == 48
+    nette = train.config.get_args(["--data", "x", "--recipe", "nette5", "--lr", "3"])  # flags win over the recipe
+    assert (nette.epochs, nette.batch_size, nette.lr, nette.decay, nette.min_scale) == (5, 64, 3.0, "linear", 1.0)
+    out = tmp_path / "out"
+    assert train.main(["--data", str(tmp_path / "nope"), "--output", str(out), "--dry-run"]) is None
+    settings = json.loads(capsys.readouterr().out)
+    assert settings["global_batch"] == 256 and settings["peak_lr"] == pytest.approx(1e-3) and settings["opt"] == "lamb"
+    assert not out.exists()  # nothing touched
 
 
 def test_lr_schedule_warmup_middle_end():
@@ -595,8 +645,13 @@ def test_max_steps_then_resume_equals_uninterrupted(tmp_path, stop_at):
     run_train(common + ["--resume", "auto"], tmp_path, "part")
     a, b = load(str(tmp_path / "full" / "last.pt")), load(str(tmp_path / "part" / "last.pt"))
     assert a["step"] == b["step"] == 6 and same_weights(a, b)
-    epochs = [json.loads(line)["epoch"] for line in open(tmp_path / "part" / "metrics.jsonl")]
-    assert epochs == [1, 2]
+    lines = [json.loads(line) for line in open(tmp_path / "part" / "metrics.jsonl")]
+    assert [m["epoch"] for m in lines] == [1, 2] and "train_loss" in lines[0]  # the validated epoch's line stays
+    full = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
+    assert lines[0]["train_unreadable"] == full[0]["train_unreadable"] and \
+        lines[0]["train_loss"] == pytest.approx(full[0]["train_loss"])  # epoch figures survive a mid-epoch stop
+    metrics, out = run_train(common + ["--resume", str(tmp_path / "part" / "last.pt")], tmp_path, "elsewhere")
+    assert load(os.path.join(out, "last.pt"))["step"] == 6 and os.path.exists(os.path.join(out, "model.pt"))
 
 
 def test_resume_keeps_the_recipe_and_refuses_a_changed_flag(tmp_path, capsys):
@@ -616,16 +671,19 @@ def test_resume_keeps_the_recipe_and_refuses_a_changed_flag(tmp_path, capsys):
 
 
 def test_output_is_one_run_at_a_time(tmp_path, capsys):
-    import fcntl
     root = make_image_folder(tmp_path / "d")
     out = tmp_path / "out"
     out.mkdir()
     (out / "last.pt.tmp-123").write_bytes(b"x" * 100)  # left by a killed save
-    with open(out / "lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(SystemExit) as stop:
-            run_train(["--data", root, "--epochs", "1"] + TINY, tmp_path)
-        assert stop.value.code == 2 and "another run is using --output" in capsys.readouterr().err
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+                               "fcntl.lockf(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)",
+                               str(out / "lock")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"  # another run holds OUTPUT
+    with pytest.raises(SystemExit) as stop:
+        run_train(["--data", root, "--epochs", "1"] + TINY, tmp_path)
+    holder.kill()
+    holder.wait()
+    assert stop.value.code == 2 and "another run is using --output" in capsys.readouterr().err
     run_train(["--data", root, "--epochs", "1"] + TINY, tmp_path)
     assert not (out / "last.pt.tmp-123").exists()
     with pytest.raises(SystemExit) as stop:  # a fresh run into a folder that holds one
@@ -634,7 +692,8 @@ def test_output_is_one_run_at_a_time(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing", "no_val", "empty_class", "class_mismatch", "bad_flag", "nan_flag",
-                                  "val_resize", "workers", "not_a_checkpoint", "model_pt"])
+                                  "val_resize", "workers", "not_a_checkpoint", "model_pt", "device", "seed",
+                                  "eval_auto"])
 def test_bad_input_one_line_exit_2(tmp_path, capsys, case):
     root = tmp_path / "d"
     args = ["--data", str(root)] + TINY + ["--output", str(tmp_path / "out")]
@@ -649,7 +708,8 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, case):
         os.rename(root / "val" / "b", root / "val" / "z")
     extra = {"bad_flag": ["--epochs", "-1"], "nan_flag": ["--lr", "nan"], "val_resize": ["--val-resize", "30"],
              "workers": ["--workers", "100000"], "not_a_checkpoint": ["--resume", str(tmp_path / "junk.pt")],
-             "model_pt": ["--resume", str(tmp_path / "model.pt")]}.get(case, [])
+             "model_pt": ["--resume", str(tmp_path / "model.pt")], "device": ["--device", "gpu"],
+             "seed": ["--seed", str(2**64)], "eval_auto": ["--eval-only", "--resume", "auto"]}.get(case, [])
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     torch.save(model.resnet50(num_classes=2).state_dict(), tmp_path / "model.pt")
     with pytest.raises(SystemExit) as exit_info:
@@ -660,7 +720,8 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, case):
     expected = {"missing": "not found", "no_val": "no val/", "empty_class": "empty class folder",
                 "class_mismatch": "different classes", "bad_flag": "must be positive", "nan_flag": "finite number",
                 "val_resize": "is below --val-res", "workers": "CPUs", "not_a_checkpoint": "cannot load",
-                "model_pt": "not a training checkpoint"}[case]
+                "model_pt": "not a training checkpoint", "device": "invalid choice", "seed": "below 2**63",
+                "eval_auto": "no " + str(tmp_path / "out" / "last.pt") + " to score"}[case]
     assert expected in err[0]
 
 
@@ -696,13 +757,19 @@ def test_too_many_unreadable_or_unreadable_everything_stops(tmp_path, capsys):
     assert stop.value.code == 2 and "nothing to train on" in capsys.readouterr().err.splitlines()[-1]
 
 
-def test_io_error_stops_with_one_line_after_saving(tmp_path, capsys):
+def test_io_error_stops_with_one_line_after_saving(tmp_path, capsys, monkeypatch):
     root = make_image_folder(tmp_path / "d")
-    os.makedirs(os.path.join(root, "train", "a", "dir.JPEG"))  # open() fails: an I/O error, not a bad image
+    failing = os.path.join(root, "train", "a", "3.JPEG")
+
+    def open_(path, *args):  # a dropped network mount: reading this one file fails
+        if path == failing:
+            raise OSError(5, "Input/output error")
+        return open(path, *args)
+    monkeypatch.setattr(data, "open", open_, raising=False)
     with pytest.raises(SystemExit) as stop:
         run_train(["--data", root, "--epochs", "2", "--max-unreadable", "1"] + TINY, tmp_path)
     err = capsys.readouterr().err
-    assert stop.value.code == 2 and "cannot read" in err and "dir.JPEG" in err and "Traceback" not in err
+    assert stop.value.code == 2 and "cannot read" in err and failing in err and "Traceback" not in err
     assert "stopped on a data error" in err and os.path.exists(tmp_path / "out" / "last.pt")
 
 
@@ -739,17 +806,44 @@ def test_nan_weights_are_never_saved():
 
 
 def test_only_the_models_buffers_on_the_device_reach_a_collective(monkeypatch):
-    from torch.optim.swa_utils import AveragedModel
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    ema = AveragedModel(net, use_buffers=True)
+    ema = train.EMA(net, 0.9)
     sent = []
     monkeypatch.setattr(runtime.dist, "broadcast", lambda tensor, src: sent.append(tensor))
     runtime.broadcast_buffers([net, ema.module], torch.device("cpu"))
     buffers = list(net.buffers()) + list(ema.module.buffers())
     assert len(sent) == len(buffers) == 6 and all(any(s is b for b in buffers) for s in sent)
-    assert not any(s is ema.n_averaged for s in sent)  # a CPU tensor: NCCL would refuse it
-    with pytest.raises(RuntimeError, match="cannot join a collective"):  # a tensor off the training device
-        runtime.broadcast_buffers([ema], torch.device("meta"))
+    with pytest.raises(RuntimeError, match="cannot join a collective"):  # e.g. a CPU tensor in an NCCL run
+        runtime.broadcast_buffers([net], torch.device("meta"))
+
+
+def test_ema_is_torchvisions_average_without_a_host_sync():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ours, theirs = train.EMA(net, 0.9), AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    for step in range(3):
+        net(torch.randn(2, 3, 8, 8)).sum().backward()
+        with torch.no_grad():
+            for p in net.parameters():
+                p -= 0.1 * p.grad
+        ours.update(net, copy_only=step == 0)  # AveragedModel copies on its first update
+        theirs.update_parameters(net)
+    a, b = ours.module.state_dict(), theirs.module.state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float()) for k in a if a[k].is_floating_point())
+    ours.update(net, copy_only=True)  # the warmup: the EMA follows the weights
+    assert all(torch.equal(x, y) for x, y in zip(ours.module.state_dict().values(), net.state_dict().values()))
+
+
+def test_every_signal_torchrun_forwards_stops_the_run_cleanly():
+    stop = runtime.StopRequested()
+    try:
+        for signum in (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGTERM):
+            os.kill(os.getpid(), signum)
+            assert stop.signum == signum
+    finally:
+        for signum in runtime.STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler)
 
 
 def test_time_based_checkpoint_records_position_mid_epoch(tmp_path, monkeypatch):

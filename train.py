@@ -1,17 +1,18 @@
 """Train ResNet-50 from random weights on ImageNet (or the built-in demo), on one GPU, many GPUs, or the CPU.
 
-Needs torch, torchvision, pillow and the files beside it (config, runtime, data, demo, model, init, augment).
+Needs torch, torchvision, pillow and the files beside it (config, runtime, data, demo, model, init, augment, lamb, ema).
 
-    python train.py                                   # built-in demo: ~2 min on a 2-core CPU
-    python train.py --data /imagenet --epochs 100     # ImageNet, one GPU
-    torchrun --nproc_per_node=8 train.py --data /imagenet --epochs 100 --batch-size 128   # one node, 8 GPUs
+    python train.py                                   # the built-in demo: ~2-3 min on a 2-core CPU
+    python train.py --data /imagenet                  # ImageNet, one GPU: "ResNet strikes back" A3, 100 epochs
+    torchrun --nproc_per_node=8 train.py --data /imagenet --batch-size 256   # one node, 8 GPUs (global batch 2048)
+    python train.py --data /imagenet --recipe v2 --dry-run   # print what a run would do, as JSON, and exit
     python train.py --data /imagenet --resume auto    # continue OUTPUT/last.pt after a crash or preemption
     python train.py --data /imagenet --eval-only --resume runs/r50/last.pt   # score raw and EMA weights
     python train.py --data synthetic --epochs 1       # random tensors on the device: the model's own speed
 
-The defaults are torchvision's "V2" ResNet-50 recipe (README, "The recipe"). A run writes OUTPUT/last.pt (at every
-epoch end before validation, every --save-every-min, and on SIGTERM/SIGINT), best.pt, model.pt (final weights, a
-plain state_dict) and metrics.jsonl. What a checkpoint fixes on resume: README, "Resume".
+Recipes (--recipe a3, v2, nette5, demo) are in config.py and README, "Recipes". A run writes OUTPUT/last.pt (at
+every epoch end before validation, every --save-every-min, and at a stop), best.pt, model.pt (final weights, a plain
+state_dict) and metrics.jsonl. What a checkpoint fixes on resume: README, "Resume".
 """
 import dataclasses
 import datetime
@@ -28,38 +29,23 @@ import torch.distributed as dist
 
 import augment
 import config
+from ema import EMA
 import data
 import demo
 import init
+import lamb
 import model as models
-from runtime import (StopRequested, UserError, Vote, agree_on_error, broadcast_buffers, check_finite, claim_output,
-                     load_checkpoint, log, mix_seed, report_problems, resume_metrics, save_checkpoint,
-                     setup_distributed)
+from runtime import (StopRequested, UserError, Vote, agree_on_error, agree_on_step, amp_default, broadcast_buffers,
+                     check_finite, claim_output, load_checkpoint, log, mix_seed, report_problems, resolve_resume,
+                     resume_metrics, save_checkpoint, setup_distributed, share)
 
 # ------------------------------------------------------------------------------------------------------- setup
 
-def prepare(args, d):
-    """Everything before the first step, on every rank; raises UserError. Returns (trainer, loaders)."""
-    lock = claim_output(args.output) if d.rank == 0 and not args.eval_only else None
-    try:
-        t, loaders = build(args, d)
-    except BaseException:
-        if lock is not None:
-            lock.close()  # the output is free again
-        raise
-    t.lock = lock
-    return t, loaders
-
-
 def build(args, d):
-    if args.resume == "auto":
-        last = os.path.join(args.output, "last.pt")
-        args.resume = last if os.path.exists(last) else None
-    elif not (args.resume or args.eval_only) and d.rank == 0 and os.path.exists(os.path.join(args.output, "last.pt")):
-        raise UserError(f"--output {args.output} already holds a run (last.pt): continue it with --resume auto, "
-                        "or choose another --output")
+    """Everything before the first step that can fail, on every rank, with no collective (so a rank that fails
+    alone cannot leave the others waiting in one); args.resume is rank 0's decision. Raises UserError."""
     ckpt = load_checkpoint(args.resume) if args.resume else None
-    if ckpt is not None and not args.eval_only:
+    if ckpt is not None:
         config.apply_contract(args, ckpt, d.world)
     if args.data == "synthetic":
         batches = data.SyntheticBatches(args.batch_size, args.train_res, 1000, 100, d.device)
@@ -110,8 +96,8 @@ class Trainer:
     peak_lr: float
     step: int = 0
     best: float = 0.0  # the best val or EMA top-1 so far
-    lock: object = None
     config: dict = None
+    epoch_totals: tuple = (0.0, 0, 0, 0)  # this epoch so far: loss sum, steps, unreadable images, good images
 
 
 def build_trainer(args, d, num_classes, steps_per_epoch):
@@ -125,17 +111,12 @@ def build_trainer(args, d, num_classes, steps_per_epoch):
     decay = [p for p in raw.parameters() if p.ndim > 1]  # conv and fc weights; BN weights and biases get none
     groups = [{"params": decay, "weight_decay": args.weight_decay},
               {"params": [p for p in raw.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
-    optimizer = torch.optim.SGD(groups, lr=peak_lr, momentum=args.momentum, fused=d.device.type == "cuda" or None)
+    optimizer = lamb.Lamb(groups, lr=peak_lr) if args.opt == "lamb" else \
+        torch.optim.SGD(groups, lr=peak_lr, momentum=args.momentum, fused=d.device.type == "cuda" or None)
     total = args.epochs * steps_per_epoch
-    ema = None
-    if args.ema:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-        ema = AveragedModel(raw, multi_avg_fn=get_ema_multi_avg_fn(0.5 ** (1 / max(args.ema_half_life * total, 1))),
-                            use_buffers=True)
-    net = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[d.device.index] if d.device.type == "cuda"
-                                                    else None) if d.distributed else raw
+    ema = EMA(raw, 0.5 ** (1 / max(args.ema_half_life * total, 1))) if args.ema else None
     mixer = augment.MixupCutmix(num_classes, args.mixup, args.cutmix, 0.5, args.label_smoothing, torch.Generator())
-    return Trainer(raw, torch.compile(net) if args.compile else net, ema, optimizer,
+    return Trainer(raw, raw, ema, optimizer,
                    torch.amp.GradScaler(d.device.type, enabled=args.amp == "fp16"), mixer, steps_per_epoch, total,
                    round(args.warmup_epochs * steps_per_epoch), peak_lr)
 
@@ -146,7 +127,6 @@ def restore(args, t, ckpt):
         t.raw.load_state_dict(ckpt.get("model", ckpt))
         if t.ema is not None and ckpt.get("ema") is not None:
             t.ema.module.load_state_dict(ckpt["ema"])
-            t.ema.n_averaged.fill_(1)  # only whether it is 0 matters (0: copy the weights; else: average)
     except (RuntimeError, AttributeError, TypeError) as error:
         raise UserError(f"--resume {args.resume}: weights do not fit --model {args.model} "
                         f"({str(error).splitlines()[0][:200]})") from None
@@ -157,15 +137,17 @@ def restore(args, t, ckpt):
     if t.scaler.is_enabled() and ckpt["scaler"]:
         t.scaler.load_state_dict(ckpt["scaler"])
     t.step, t.best = ckpt["samples"] // t.config["global_batch"], ckpt["best_top1"]
+    t.epoch_totals = tuple(ckpt["epoch_totals"])
 
 
 def save_last(args, d, t):
     """last.pt at the current step (rank 0 writes; every rank has the same weights)."""
     if d.rank == 0:
-        save_checkpoint({"format": 2, "model": t.raw.state_dict(), "ema": t.ema.module.state_dict() if t.ema else None,
+        save_checkpoint({"format": 3, "model": t.raw.state_dict(), "ema": t.ema.module.state_dict() if t.ema else None,
                          "optimizer": t.optimizer.state_dict(), "scaler": t.scaler.state_dict(), "step": t.step,
                          "samples": t.step * t.config["global_batch"], "epoch": t.step // t.steps_per_epoch,
-                         "best_top1": t.best, "config": t.config}, os.path.join(args.output, "last.pt"))
+                         "best_top1": t.best, "epoch_totals": t.epoch_totals, "config": t.config},
+                        os.path.join(args.output, "last.pt"))
 
 
 # ------------------------------------------------------------------------------------------------- train, eval
@@ -182,16 +164,17 @@ def train_step(args, d, t, images, labels, weights):
     images = data.to_device_normalized(images, d.device, args.channels_last)
     t.mixer.generator.manual_seed(mix_seed(args.seed, t.step, d.rank, 1))  # f(seed, step, rank) only
     images, targets = t.mixer(images, labels.to(d.device, non_blocking=True))
+    weights = weights.to(d.device, non_blocking=True)
     with autocast(args, d.device):
-        loss = augment.soft_cross_entropy(t.net(images), targets, weights.to(d.device, non_blocking=True))
+        logits = t.net(images)
+    loss = augment.binary_cross_entropy(logits, targets, args.bce_threshold, weights) if args.loss == "bce" else \
+        augment.soft_cross_entropy(logits, targets, weights)
     t.optimizer.zero_grad(set_to_none=True)
     t.scaler.scale(loss).backward()
     t.scaler.step(t.optimizer)
     t.scaler.update()
-    if t.ema is not None:
-        if t.step < t.warmup_steps:
-            t.ema.n_averaged.zero_()  # as torchvision: the EMA follows the weights until warmup ends
-        t.ema.update_parameters(t.raw)
+    if t.ema is not None:  # as torchvision: the EMA follows the weights until warmup ends
+        t.ema.update(t.raw, copy_only=t.step < t.warmup_steps)
     t.step += 1
     return loss.detach()
 
@@ -216,7 +199,8 @@ def train_epoch(args, d, t, loader, stop, seen):
     t.net.train()
     spe, epoch_number = t.steps_per_epoch, t.step // t.steps_per_epoch + 1
     end = min(epoch_number * spe, args.max_steps or t.total_steps)
-    vote, fatal, total = Vote(d, 3), False, [0.0, 0, 0, 0]  # loss sum, steps, unreadable, good: this epoch
+    vote, fatal, total = Vote(d, 3), False, list(t.epoch_totals) if t.step % spe else [0.0, 0, 0, 0]
+    before = total[1], total[3]  # steps and images of this epoch done before a restart: not in this run's timing
     window = [torch.zeros((), device=d.device), 0, 0, 0]
     start = window_start = last_save = tick = time.perf_counter()
     wait = 0.0
@@ -230,14 +214,15 @@ def train_epoch(args, d, t, loader, stop, seen):
         flags = vote(stop.signum, fatal, save_due)
         if t.step == end:  # the last step's own vote too
             flags = tuple(map(max, flags, vote.drain()))
-        if t.step % args.log_every == 0 or t.step == end or flags[0] or flags[1]:
+        if t.step % args.log_every == 0 or t.step == end or any(flags):
             w = read_window(args, d, t, window)
             total = [a + b for a, b in zip(total, w)]
+            t.epoch_totals = tuple(total)  # what a checkpoint of this step keeps
             if total[2] > args.max_unreadable * len(loader.dataset):
                 raise UserError(f"{total[2]} training images of {len(loader.dataset)} unreadable in this epoch, more "
                                 f"than --max-unreadable {args.max_unreadable:g}: check the data (warnings above)")
             now = time.perf_counter()
-            eta = (t.total_steps - t.step) * (now - start) / max(total[1], 1)
+            eta = (t.total_steps - t.step) * (now - start) / max(total[1] - before[0], 1)
             log(d, f"epoch {epoch_number}/{args.epochs} step {(t.step - 1) % spe + 1}/{spe} loss {w[0] / w[1]:.4f} "
                 f"lr {t.optimizer.param_groups[0]['lr']:.4g} img/s {w[3] / max(now - window_start, 1e-9):.0f} "
                 f"eta {datetime.timedelta(seconds=int(eta))}")
@@ -252,8 +237,8 @@ def train_epoch(args, d, t, loader, stop, seen):
     if total[3] == 0:
         raise UserError("no training image in this epoch could be read: nothing to train on")
     seconds = time.perf_counter() - start
-    stats = {"train_loss": total[0] / max(total[1], 1), "img_per_s": total[3] / seconds, "epoch_time_s": seconds,
-             "data_wait_share": wait / seconds, "train_unreadable": int(total[2])}
+    stats = {"train_loss": total[0] / max(total[1], 1), "img_per_s": (total[3] - before[1]) / seconds,
+             "epoch_time_s": seconds, "data_wait_share": wait / seconds, "train_unreadable": int(total[2])}
     return stats, "signal" if flags[0] else "data error" if flags[1] else None
 
 
@@ -293,13 +278,13 @@ def validate(args, d, t, stats, val_loader, seen):
     for name, net in (("val", t.raw), ("ema", t.ema.module if t.ema else None)):
         result = evaluate(net, val_loader, args, d, seen) if net is not None else {}
         metrics.update({f"{name}_{k}": v for k, v in result.items() if name == "val" or k != "images"})
-    if d.rank == 0:
-        with open(os.path.join(args.output, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+    if d.rank == 0:  # best.pt first: a line in metrics.jsonl means the epoch is done with
         if max(metrics["val_top1"], metrics.get("ema_top1", 0)) > t.best:
             t.best = max(metrics["val_top1"], metrics.get("ema_top1", 0))
             shutil.copyfile(os.path.join(args.output, "last.pt"), os.path.join(args.output, "best.pt.tmp-copy"))
             os.replace(os.path.join(args.output, "best.pt.tmp-copy"), os.path.join(args.output, "best.pt"))
+        with open(os.path.join(args.output, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(metrics) + "\n")
     log(d, "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
     return metrics
 
@@ -323,7 +308,11 @@ def train(args, d, t, loaders):
     log(d, f"{args.model}: {t.config['num_classes']} classes, {d.world} process(es) on {d.device}"
         f"{' (DDP)' if d.distributed else ''}, global batch {t.config['global_batch']}, peak lr {t.peak_lr:.4g}, "
         f"amp {args.amp}, {t.steps_per_epoch} steps/epoch x {args.epochs} epochs, from step {t.step} -> {args.output}")
-    if val_loader is not None and resume_metrics(args.output, t.step, t.steps_per_epoch, d.rank):
+    if args.resume and os.path.realpath(args.resume) != os.path.realpath(os.path.join(args.output, "last.pt")):
+        save_last(args, d, t)  # the run continues in OUTPUT
+    if val_loader is not None:
+        pending, t.best, metrics = resume_metrics(args.output, t.step, t.steps_per_epoch, t.best, d)
+    if val_loader is not None and pending:
         metrics = validate(args, d, t, {}, val_loader, seen)
     while t.step < t.total_steps and not (args.max_steps and t.step >= args.max_steps):
         if sampler is not None:
@@ -359,29 +348,42 @@ def evaluate_only(args, d, t, val_loader):
 
 
 def main(argv=None):
-    rank = int(os.environ.get("RANK", 0))
+    rank, lock = int(os.environ.get("RANK", 0)), None
     try:
         args = config.get_args(argv)
+        if args.dry_run:  # nothing is read, created or started
+            print(json.dumps(config.resolved(args, int(os.environ.get("WORLD_SIZE", 1)))))
+            return None
         d = setup_distributed(args.device)
-        args.amp = args.amp or ("off" if d.device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else
-                                "fp16")
+        args.amp, error = args.amp or amp_default(d.device), None
         args.channels_last = d.device.type == "cuda" if args.channels_last is None else args.channels_last
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            t, loaders, error = *prepare(args, d), None
+        try:  # each phase may fail on one rank alone: all ranks learn of it, and the failing one says why
+            lock = claim_output(args.output) if d.rank == 0 and not args.eval_only else None
+            args.resume = resolve_resume(args) if d.rank == 0 else None
         except UserError as e:
             error = e
-        agree_on_error(error, d)  # any rank's setup error ends every rank, said once
+        agree_on_error(error, d)
+        args.resume = share(args.resume, d)
         try:
-            return evaluate_only(args, d, t, loaders[4]) if args.eval_only else train(args, d, t, loaders)
-        finally:
-            if t.lock is not None:
-                t.lock.close()
+            t, loaders, error = *build(args, d), None
+        except UserError as e:
+            error = e
+        agree_on_error(error, d)
+        agree_on_step(t.step, d)
+        if d.distributed:  # DDP's constructor broadcasts rank 0's (restored) weights to all
+            t.net = torch.nn.parallel.DistributedDataParallel(t.raw, device_ids=[d.device.index] if
+                                                              d.device.type == "cuda" else None)
+        t.net = torch.compile(t.net) if args.compile else t.net
+        return evaluate_only(args, d, t, loaders[4]) if args.eval_only else train(args, d, t, loaders)
     except UserError as error:
         if str(error) and (rank == 0 or error.local):
             print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(error.code)
+    finally:
+        if lock is not None:
+            lock.close()  # the output is free again (the kernel frees it anyway when the process ends)
 
 
 if __name__ == "__main__":
