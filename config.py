@@ -28,7 +28,7 @@ RECIPES = {
     "nette5": dict(epochs=5, batch_size=64, lr=4.0, warmup_epochs=2, decay="linear", weight_decay=5e-5, mixup=0.0,
                    cutmix=0.0, auto_augment="none", random_erase=0.0, min_scale=1.0, train_res=128, val_res=128,
                    val_resize=128, zero_init_residual=True, ema=False),
-    # The built-in demo (no --data): about 2 minutes on 2 CPU cores.
+    # The built-in demo (no --data): 2-3 minutes on 2 CPU cores (BENCHMARKS, "Demo").
     "demo": dict(epochs=6, batch_size=32, lr=2.0, zero_init_residual=True, warmup_epochs=1, weight_decay=5e-5,
                  label_smoothing=0.0, mixup=0.0, cutmix=0.0, auto_augment="none", random_erase=0.0, min_scale=0.5,
                  train_res=48, val_res=48, val_resize=48, workers=2, output="runs/demo"),
