@@ -131,10 +131,8 @@ def soft_cross_entropy(logits, targets, weights=None):
     For smoothed one-hot targets it equals `F.cross_entropy(logits, labels, label_smoothing=eps)`. Computed in
     float32 whatever the autocast dtype, for a stable log-softmax.
     """
-    if weights is None:
-        return F.cross_entropy(logits.float(), targets.float())
     losses = F.cross_entropy(logits.float(), targets.float(), reduction="none")
-    return (losses * weights).sum() / len(weights)
+    return losses.mean() if weights is None else (losses * weights).mean()
 
 
 def binary_cross_entropy(logits, targets, target_threshold=None, weights=None):
@@ -142,14 +140,11 @@ def binary_cross_entropy(logits, targets, target_threshold=None, weights=None):
     `BinaryCrossEntropy` (timm/loss/binary_cross_entropy.py) given such targets: the mean over all B*C terms.
 
     `target_threshold` first turns the targets into 1.0 where above it, 0.0 elsewhere (timm's `--bce-target-thresh`).
-    With per-sample `weights` [B]: each sample's mean over classes, weighted, summed and divided by B, the convention of
-    soft_cross_entropy (timm's `weight` is per class instead; not offered). Computed in float32 whatever the autocast
-    dtype, as autocast itself runs this loss.
+    Per-sample `weights` [B] weigh each sample's mean over classes, as in soft_cross_entropy (timm's `weight` is per
+    class; not offered). Computed in float32 whatever the autocast dtype.
     """
     targets = targets.float()
     if target_threshold is not None:
         targets = targets.gt(target_threshold).float()
-    losses = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
-    if weights is None:
-        return losses.mean()
-    return (losses.mean(1) * weights).sum() / len(weights)
+    losses = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none").mean(1)  # C terms each
+    return losses.mean() if weights is None else (losses * weights).mean()

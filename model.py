@@ -8,6 +8,8 @@ torchvision's constructor bit for bit from the same seed), and `create_model` do
 
     python -c "import model; m = model.resnet50(); print(sum(p.numel() for p in m.parameters()))"  # 25557032
 """
+import functools
+
 import torch
 from torch import nn
 
@@ -107,24 +109,12 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet18(num_classes=1000):
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes)
-
-
-def resnet34(num_classes=1000):
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes)
-
-
-def resnet50(num_classes=1000):
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes)
-
-
-def resnet101(num_classes=1000):
-    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes)
-
-
-def resnet152(num_classes=1000):
-    return ResNet(Bottleneck, [3, 8, 36, 3], num_classes)
+# The family, as torchvision defines it: block type and blocks per stage. resnet50(num_classes=10) and so on.
+resnet18 = functools.partial(ResNet, BasicBlock, [2, 2, 2, 2])
+resnet34 = functools.partial(ResNet, BasicBlock, [3, 4, 6, 3])
+resnet50 = functools.partial(ResNet, Bottleneck, [3, 4, 6, 3])
+resnet101 = functools.partial(ResNet, Bottleneck, [3, 4, 23, 3])
+resnet152 = functools.partial(ResNet, Bottleneck, [3, 8, 36, 3])
 
 
 def torchvision_resnet50(num_classes=1000):

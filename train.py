@@ -99,6 +99,9 @@ class Trainer:
     config: dict = None
     epoch_totals: tuple = (0.0, 0, 0, 0)  # this epoch so far: loss sum, steps, unreadable images, good images
 
+    def models(self):  # what is saved, checked and synced: the weights and their EMA
+        return [self.raw] + ([self.ema.module] if self.ema else [])
+
 
 def build_trainer(args, d, num_classes, steps_per_epoch):
     torch.manual_seed(args.seed)  # the same weights on every rank
@@ -130,8 +133,7 @@ def restore(args, t, ckpt):
     except (RuntimeError, AttributeError, TypeError) as error:
         raise UserError(f"--resume {args.resume}: weights do not fit --model {args.model} "
                         f"({str(error).splitlines()[0][:200]})") from None
-    if args.eval_only:
-        t.ema = t.ema if ckpt.get("ema") is not None else None
+    if args.eval_only:  # config.apply_contract built an EMA only if the checkpoint has one
         return
     t.optimizer.load_state_dict(ckpt["optimizer"])
     if t.scaler.is_enabled() and ckpt["scaler"]:
@@ -228,7 +230,7 @@ def train_epoch(args, d, t, loader, stop, seen):
                 f"eta {datetime.timedelta(seconds=int(eta))}")
             window, window_start = [torch.zeros((), device=d.device), 0, 0, 0], now
         if flags[2]:
-            check_finite([t.raw] + ([t.ema.module] if t.ema else []), t.step)
+            check_finite(t.models(), t.step)
             save_last(args, d, t)
             last_save = time.perf_counter()
         if flags[0] or flags[1] or t.step == end:
@@ -320,8 +322,8 @@ def train(args, d, t, loaders):
         stats, reason = train_epoch(args, d, t, train_loader, stop, seen)
         at_end = t.step % t.steps_per_epoch == 0
         if at_end and d.distributed:
-            broadcast_buffers([t.raw] + ([t.ema.module] if t.ema else []), d.device)
-        check_finite([t.raw] + ([t.ema.module] if t.ema else []), t.step)
+            broadcast_buffers(t.models(), d.device)
+        check_finite(t.models(), t.step)
         save_last(args, d, t)  # the trained epoch is on disk before validation starts
         if at_end and reason is None and val_loader is not None:
             metrics = validate(args, d, t, stats, val_loader, seen)
