@@ -43,7 +43,8 @@ class Unreadable(Exception):
 
 def find_classes(split_dir):
     if not os.path.isdir(split_dir):
-        raise DataError(f"missing folder {split_dir}: expected DATA/train/<class>/*.JPEG and DATA/val/<class>/*")
+        raise DataError(f"no {os.path.basename(split_dir)}/ folder in {os.path.dirname(split_dir)}: expected "
+                        "DATA/train/<class>/*.JPEG and DATA/val/<class>/* (README: ImageNet's val layout)")
     classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
     if not classes:
         raise DataError(f"no class folders in {split_dir}: expected {split_dir}/<class>/<image files>")
@@ -62,20 +63,19 @@ def list_images(split_dir, classes):
     return samples
 
 
-def scan_dataset(root):
-    """Check DATA/train and DATA/val and return (classes, train_samples, val_samples)."""
+def scan_dataset(root, train=True):
+    """Check DATA/train and DATA/val and return (classes, train_samples, val_samples). train=False (--eval-only)
+    lists only val: its sorted class folders are the classes, as in training, where they must equal train's."""
     if not os.path.isdir(root):
         raise DataError(f"--data folder not found: {root}")
-    for split in ("train", "val"):
-        if not os.path.isdir(os.path.join(root, split)):
-            raise DataError(f"no {split}/ folder in {root}: expected {root}/train/<class>/ and {root}/val/<class>/ "
-                            "(see README for ImageNet's val layout)")
-    classes, val_classes = find_classes(os.path.join(root, "train")), find_classes(os.path.join(root, "val"))
-    if classes != val_classes:
-        only_train, only_val = sorted(set(classes) - set(val_classes))[:3], sorted(set(val_classes) - set(classes))[:3]
+    classes = find_classes(os.path.join(root, "val"))
+    trained = find_classes(os.path.join(root, "train")) if train else classes
+    if classes != trained:
+        only_train, only_val = sorted(set(trained) - set(classes))[:3], sorted(set(classes) - set(trained))[:3]
         raise DataError(f"train and val have different classes in {root}: only in train {only_train}, "
-                        f"only in val {only_val} ({len(classes)} vs {len(val_classes)} folders)")
-    return classes, list_images(os.path.join(root, "train"), classes), list_images(os.path.join(root, "val"), classes)
+                        f"only in val {only_val} ({len(trained)} vs {len(classes)} folders)")
+    train_samples = list_images(os.path.join(root, "train"), classes) if train else []
+    return classes, train_samples, list_images(os.path.join(root, "val"), classes)
 
 
 # ------------------------------------------------------------------------------------------------- transforms
@@ -113,8 +113,7 @@ def decode_crop_resize(image, box, size, resample=Image.BILINEAR):
     """Decode only as much as needed (JPEG draft mode), then crop box=(left, top, w, h) and resize to size."""
     left, top, w, h = box
     full_w, full_h = image.size
-    # The smallest DCT scale whose crop is still at least `size` on both sides: no upsampling that a full decode
-    # would not also need.
+    # The smallest DCT scale whose crop still covers `size`: no upsampling that a full decode would not also need.
     image = decode(image, (math.ceil(full_w * size[0] / w), math.ceil(full_h * size[1] / h)))
     scale = 2 ** round(math.log2(full_w / image.size[0]))  # 1, 2, 4 or 8: libjpeg's DCT scaling
     crop = (left / scale, top / scale, min((left + w) / scale, image.size[0]), min((top + h) / scale, image.size[1]))
@@ -261,19 +260,23 @@ class SyntheticBatches:
     """--data synthetic: one random uint8 batch on the device, `steps` times an epoch (the model's own speed)."""
 
     def __init__(self, batch_size, res, num_classes, steps, device):
-        self.dataset = range(batch_size * steps)
+        self.dataset, self.steps = range(batch_size * steps), steps
         self.images = torch.randint(0, 256, (batch_size, 3, res, res), dtype=torch.uint8, device=device)
         self.labels = torch.randint(0, num_classes, (batch_size,), device=device)
         self.weights = torch.ones(batch_size).pin_memory() if device.type == "cuda" else torch.ones(batch_size)
-        self.steps = steps
 
     def __iter__(self):
         return iter([(self.images, self.labels, self.weights, [])] * self.steps)
 
 
 def build_loaders(args, root, rank, world, pin_memory):
-    """train.py's data: (num_classes, train images, train loader, its sampler, val loader). rank takes its share."""
-    classes, train_samples, val_samples = scan_dataset(root)
+    """This rank's share: (num_classes, train images, train loader, its sampler, val loader); --eval-only: val only."""
+    classes, train_samples, val_samples = scan_dataset(root, train=not args.eval_only)
+    val_set = ImageList(val_samples, val_transform(args.val_resize, args.val_res))
+    val_shard = range(rank, len(val_set), world)  # every world-th image: no padding, no duplicates, exact counts
+    val_loader = make_loader(val_set, args.batch_size, val_shard, args.workers, pin_memory, args.val_res)
+    if args.eval_only:
+        return len(classes), 0, None, None, val_loader
     if len(train_samples) < args.batch_size * world:
         raise DataError(f"{len(train_samples)} training images in {root}/train: fewer than one global batch "
                         f"({args.batch_size} x {world}); lower --batch-size")
@@ -282,9 +285,6 @@ def build_loaders(args, root, rank, world, pin_memory):
     train_set = ImageList(train_samples, transform, args.seed, substitute=True)
     sampler = GlobalBatchSampler(len(train_set), args.batch_size, rank, world, args.seed, args.ra_reps)
     train_loader = make_loader(train_set, args.batch_size, sampler, args.workers, pin_memory, args.train_res)
-    val_set = ImageList(val_samples, val_transform(args.val_resize, args.val_res))
-    val_shard = range(rank, len(val_set), world)  # every world-th image: no padding, no duplicates, exact counts
-    val_loader = make_loader(val_set, args.batch_size, val_shard, args.workers, pin_memory, args.val_res)
     return len(classes), len(train_samples), train_loader, sampler, val_loader
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -632,6 +633,8 @@ def test_end_to_end_checkpoints_metrics_and_torchvision_roundtrip(tmp_path):
     assert result["val_top1"] == lines[-1]["val_top1"] and result["ema_top1"] == lines[-1]["ema_top1"]
     result = train.main(["--data", root, "--eval-only", "--resume", os.path.join(out, "model.pt")] + TINY)
     assert result["val_images"] == 6 and "ema_top1" not in result
+    shutil.rmtree(os.path.join(root, "train"))  # scoring needs only val
+    assert train.main(["--data", root, "--eval-only", "--resume", os.path.join(out, "model.pt")] + TINY) == result
 
 
 @pytest.mark.parametrize("stop_at", [3, 2], ids=["epoch-end", "mid-epoch"])
@@ -693,7 +696,7 @@ def test_output_is_one_run_at_a_time(tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["missing", "no_val", "empty_class", "class_mismatch", "bad_flag", "nan_flag",
                                   "val_resize", "workers", "not_a_checkpoint", "model_pt", "device", "seed",
-                                  "eval_auto"])
+                                  "eval_auto", "eval_classes"])
 def test_bad_input_one_line_exit_2(tmp_path, capsys, case):
     root = tmp_path / "d"
     args = ["--data", str(root)] + TINY + ["--output", str(tmp_path / "out")]
@@ -706,10 +709,13 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, case):
         os.makedirs(root / "val" / "c")
     elif case == "class_mismatch":
         os.rename(root / "val" / "b", root / "val" / "z")
+    elif case == "eval_classes":  # --eval-only reads only val: its class folders must match the weights
+        shutil.copytree(root / "val" / "b", root / "val" / "c")
     extra = {"bad_flag": ["--epochs", "-1"], "nan_flag": ["--lr", "nan"], "val_resize": ["--val-resize", "30"],
              "workers": ["--workers", "100000"], "not_a_checkpoint": ["--resume", str(tmp_path / "junk.pt")],
              "model_pt": ["--resume", str(tmp_path / "model.pt")], "device": ["--device", "gpu"],
-             "seed": ["--seed", str(2**64)], "eval_auto": ["--eval-only", "--resume", "auto"]}.get(case, [])
+             "seed": ["--seed", str(2**64)], "eval_auto": ["--eval-only", "--resume", "auto"],
+             "eval_classes": ["--eval-only", "--resume", str(tmp_path / "model.pt")]}.get(case, [])
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     torch.save(model.resnet50(num_classes=2).state_dict(), tmp_path / "model.pt")
     with pytest.raises(SystemExit) as exit_info:
@@ -721,7 +727,8 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, case):
                 "class_mismatch": "different classes", "bad_flag": "must be positive", "nan_flag": "finite number",
                 "val_resize": "is below --val-res", "workers": "CPUs", "not_a_checkpoint": "cannot load",
                 "model_pt": "not a training checkpoint", "device": "invalid choice", "seed": "below 2**63",
-                "eval_auto": "no " + str(tmp_path / "out" / "last.pt") + " to score"}[case]
+                "eval_auto": "no " + str(tmp_path / "out" / "last.pt") + " to score",
+                "eval_classes": "size mismatch for fc.weight"}[case]
     assert expected in err[0]
 
 

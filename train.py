@@ -132,7 +132,7 @@ def restore(args, t, ckpt):
             t.ema.module.load_state_dict(ckpt["ema"])
     except (RuntimeError, AttributeError, TypeError) as error:
         raise UserError(f"--resume {args.resume}: weights do not fit --model {args.model} "
-                        f"({str(error).splitlines()[0][:200]})") from None
+                        f"({' '.join(str(error).split())[:300]})") from None
     if args.eval_only:  # config.apply_contract built an EMA only if the checkpoint has one
         return
     t.optimizer.load_state_dict(ckpt["optimizer"])
