@@ -927,10 +927,14 @@ def sigterm_at(cmd, line_start, group=False, delay=0.0):
 @pytest.mark.parametrize("procs", [1, 2])
 def test_sigterm_mid_epoch_with_workers_then_resume_is_bit_identical(tmp_path, procs):
     """The path users run: loader workers (persistent, seeded once by torch), SIGTERM to the whole process group as
-    SLURM sends it, --resume auto; with one process and with two ranks under torchrun."""
+    SLURM sends it, --resume auto; with one process (V2's parts) and with two ranks under torchrun (A3's parts, and
+    repeated augmentation, whose copies of an image go to different ranks)."""
     root = make_image_folder(tmp_path / "d", train_per_class=16)  # 32 images: 4 steps per epoch at global batch 8
     common = ["--data", root, "--epochs", "2"] + TINY + ["--workers", "2", "--log-every", "1",
                                                          "--batch-size", str(8 // procs)]
+    if procs == 2:
+        common += ["--opt", "lamb", "--loss", "bce", "--auto-augment", "ra", "--interpolation", "bicubic",
+                   "--ra-reps", "2"]
     launch = (lambda a: torchrun([os.path.join(HERE, "train.py")] + a, nproc=2)) if procs == 2 else \
         (lambda a: [sys.executable, os.path.join(HERE, "train.py")] + a)
     full = subprocess.run(launch(common + ["--output", str(tmp_path / "full")]), capture_output=True, text=True,
