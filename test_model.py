@@ -591,6 +591,7 @@ def test_recipes_resolve_to_their_published_values(tmp_path, capsys):
     assert (v2.auto_augment, v2.random_erase, v2.train_res, v2.val_resize, v2.val_res) == \
         ("ta_wide", 0.1, 176, 232, 224)
     assert v2.ema and v2.ra_reps == 4 and v2.loss == "ce" and v2.warmup_epochs == 5
+    assert v2.batch_size * 8 == 1024 and v2.lr * v2.batch_size * 8 / 1024 == 0.5  # 8 GPUs x 128 at lr 0.5
     assert train.config.get_args([]).recipe == "demo" and train.config.get_args([]).train_res == 48
     nette = train.config.get_args(["--data", "x", "--recipe", "nette5", "--lr", "3"])  # flags win over the recipe
     assert (nette.epochs, nette.batch_size, nette.lr, nette.decay, nette.min_scale) == (5, 64, 3.0, "linear", 1.0)
