@@ -14,31 +14,32 @@ import model as models
 from runtime import UserError, cpu_count
 
 # --recipe: named sets of defaults; flags given on the command line still win. Sources, and what we do
-# differently from each, are in README's "Recipes". The parser's own defaults are torchvision's V2 recipe, but for
-# --batch-size (256 a process: A3's 2048 on 8 GPUs; the v2 preset sets V2's 128).
+# differently from each, are in README's "Recipes". The parser's own defaults are torchvision's V2 recipe. A recipe
+# fixes the global batch; --batch-size is what one process fits, and gradient accumulation makes up the rest.
 RECIPES = {
     # "ResNet strikes back" A3 (Wightman, Touvron, Jegou 2021, arXiv 2110.00476, table 1; timm's rsb-a3 config):
     # 78.1% top-1 after 100 epochs (theirs). LAMB at 8e-3 for a global batch of 2048: --lr is per 1024 images.
-    "a3": dict(epochs=100, opt="lamb", lr=4e-3, weight_decay=0.02, warmup_epochs=5, decay="cosine", loss="bce",
-               bce_threshold=0.2, label_smoothing=0.0, mixup=0.1, cutmix=1.0, auto_augment="ra", ra_magnitude=6,
-               interpolation="bicubic", random_erase=0.0, train_res=160, val_res=224, val_resize=235, ema=False,
+    "a3": dict(epochs=100, global_batch=2048, batch_size=256, opt="lamb", lr=4e-3, weight_decay=0.02,
+               warmup_epochs=5, decay="cosine", loss="bce", bce_threshold=0.2, label_smoothing=0.0, mixup=0.1,
+               cutmix=1.0, auto_augment="ra", ra_magnitude=6, interpolation="bicubic", random_erase=0.0,
+               train_res=160, val_res=224, val_resize=235, val_interpolation="bicubic", ema=False,
                zero_init_residual=True),
     # torchvision's V2 (80.858% after 600 epochs, theirs): 8 x 128 images, lr 0.5, repeated augmentation (4 reps).
-    "v2": dict(epochs=600, batch_size=128, ra_reps=4),
+    "v2": dict(epochs=600, global_batch=1024, batch_size=128, ra_reps=4),
     # Our imagenette proxy (10 classes, 128 px, 5 epochs; BENCHMARKS "The SGD recipe, 5 epochs").
-    "nette5": dict(epochs=5, batch_size=64, lr=4.0, warmup_epochs=2, decay="linear", weight_decay=5e-5, mixup=0.0,
-                   cutmix=0.0, auto_augment="none", random_erase=0.0, min_scale=1.0, train_res=128, val_res=128,
-                   val_resize=128, zero_init_residual=True, ema=False),
+    "nette5": dict(epochs=5, global_batch=64, batch_size=64, lr=4.0, warmup_epochs=2, decay="linear",
+                   weight_decay=5e-5, mixup=0.0, cutmix=0.0, auto_augment="none", random_erase=0.0, min_scale=1.0,
+                   train_res=128, val_res=128, val_resize=128, zero_init_residual=True, ema=False),
     # The built-in demo (no --data): 2-3 minutes on 2 CPU cores (BENCHMARKS, "Demo").
-    "demo": dict(epochs=6, batch_size=32, lr=2.0, zero_init_residual=True, warmup_epochs=1, weight_decay=5e-5,
-                 label_smoothing=0.0, mixup=0.0, cutmix=0.0, auto_augment="none", random_erase=0.0, min_scale=0.5,
-                 train_res=48, val_res=48, val_resize=48, workers=2, output="runs/demo"),
+    "demo": dict(epochs=6, global_batch=32, batch_size=32, lr=2.0, zero_init_residual=True, warmup_epochs=1,
+                 weight_decay=5e-5, label_smoothing=0.0, mixup=0.0, cutmix=0.0, auto_augment="none", random_erase=0.0,
+                 min_scale=0.5, train_res=48, val_res=48, val_resize=48, workers=2, output="runs/demo"),
 }
 # The flags a checkpoint fixes: on resume they come from it, and a different value on the command line is refused.
-RECIPE = ("recipe", "model", "epochs", "opt", "lr", "momentum", "weight_decay", "warmup_epochs", "decay", "loss",
-          "bce_threshold", "label_smoothing", "mixup", "cutmix", "auto_augment", "ra_magnitude", "interpolation",
-          "random_erase", "min_scale", "train_res", "val_res", "val_resize", "ra_reps", "zero_init_residual", "ema",
-          "ema_half_life", "seed", "sync_bn")
+RECIPE = ("recipe", "model", "epochs", "global_batch", "opt", "lr", "momentum", "weight_decay", "warmup_epochs",
+          "decay", "loss", "bce_threshold", "label_smoothing", "mixup", "cutmix", "auto_augment", "ra_magnitude",
+          "interpolation", "random_erase", "min_scale", "train_res", "val_res", "val_resize", "val_interpolation",
+          "ra_reps", "zero_init_residual", "ema", "ema_half_life", "seed", "sync_bn")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -63,7 +64,8 @@ def get_args(argv=None):
     a("--recipe", choices=sorted(RECIPES), help="named defaults (README, Recipes): a3 with --data, demo without")
     a("--model", default="resnet50", choices=sorted(models.MODELS), help="resnet50: model.py; tv_resnet50: torchvision")
     a("--epochs", type=int, default=100, help="training epochs")
-    a("--batch-size", type=int, default=256, help="images per process per step; global batch = this x processes")
+    a("--global-batch", type=int, default=1024, help="images per optimiser step, over all processes")
+    a("--batch-size", type=int, default=256, help="most images one process fits in a micro-batch")
     a("--opt", default="sgd", choices=["sgd", "lamb"], help="SGD with momentum, or LAMB (lamb.py)")
     a("--lr", type=finite, default=0.5, help="peak LR per 1024 images of global batch (linear scaling)")
     a("--momentum", type=finite, default=0.9, help="SGD momentum")
@@ -83,6 +85,7 @@ def get_args(argv=None):
     a("--train-res", type=int, default=176, help="training crop size")
     a("--val-res", type=int, default=224, help="validation centre-crop size")
     a("--val-resize", type=int, default=232, help="validation resize of the shorter side, before the crop")
+    a("--val-interpolation", default="bilinear", choices=["bilinear", "bicubic"], help="validation resize")
     a("--ra-reps", type=int, default=1, help="repeated augmentation: an epoch is 1/this of the images, each this often")
     a("--zero-init-residual", action=argparse.BooleanOptionalAction, default=False, help="zero each block's last BN")
     a("--ema", action=argparse.BooleanOptionalAction, default=True, help="keep an EMA of weights and buffers")
@@ -117,8 +120,8 @@ def check_args(args):
     def need(ok, message):
         if not ok:
             raise UserError(message)
-    for name in ("epochs", "batch_size", "train_res", "val_res", "val_resize", "log_every", "lr", "ema_half_life",
-                 "ra_reps"):
+    for name in ("epochs", "batch_size", "global_batch", "train_res", "val_res", "val_resize", "log_every", "lr",
+                 "ema_half_life", "ra_reps"):
         need(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     need(args.seed < 2**63, f"--seed must be below 2**63, got {args.seed}")
     for name in ("weight_decay", "warmup_epochs", "mixup", "cutmix", "save_every_min", "max_steps", "seed"):
@@ -141,8 +144,10 @@ def apply_contract(args, ckpt, world):
     """The recipe comes from the checkpoint; a flag given with another value is refused, naming it. --eval-only
     takes only the model and the val settings from it, and flags given win."""
     if args.eval_only:
-        for name in ("model", "val_res", "val_resize") if isinstance(ckpt, dict) and "config" in ckpt else ():
-            setattr(args, name, getattr(args, name) if name in args.explicit else ckpt["config"][name])
+        for name in ("model", "val_res", "val_resize", "val_interpolation") if isinstance(ckpt, dict) and "config" in \
+                ckpt else ():
+            saved = ckpt["config"].get(name, OLD_DEFAULTS.get(name))
+            setattr(args, name, getattr(args, name) if name in args.explicit else saved)
         args.ema = isinstance(ckpt, dict) and ckpt.get("ema") is not None  # score the EMA weights where there are
         return
     if not isinstance(ckpt, dict) or ckpt.get("format") != 3:
@@ -150,19 +155,33 @@ def apply_contract(args, ckpt, world):
                         "checkpoints work with --eval-only)")
     config = ckpt["config"]
     for name in RECIPE:
-        if name in args.explicit and getattr(args, name) != config[name]:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} differs from {config[name]} in "
+        saved = config.get(name, OLD_DEFAULTS.get(name))
+        if name in args.explicit and getattr(args, name) != saved:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} differs from {saved} in "
                             f"{args.resume}: a resumed run keeps its recipe (drop the flag, or start a new --output)")
-        setattr(args, name, config[name])
-    batch, rest = divmod(config["global_batch"], world)
-    if rest or "batch_size" in args.explicit and args.batch_size != batch:
-        raise UserError(f"{args.resume} trained at a global batch of {config['global_batch']}: with {world} "
-                        f"process(es) --batch-size must be {config['global_batch'] / world:g}, a whole number")
-    args.batch_size = batch
+        setattr(args, name, saved)
+
+
+# What a checkpoint from before a flag existed trained with.
+OLD_DEFAULTS = {"val_interpolation": "bilinear"}
+
+
+def split_batch(args, world):
+    """The recipe's global batch over `world` processes: args.batch_size becomes the largest micro-batch that
+    divides a process's share and fits --batch-size, args.accum the micro-batches per step."""
+    share, rest = divmod(args.global_batch, world)
+    if rest:
+        raise UserError(f"a global batch of {args.global_batch} does not split over {world} processes: choose a "
+                        "--global-batch that divides evenly (the LR scales with it)")
+    args.batch_size = max(b for b in range(1, min(args.batch_size, share) + 1) if share % b == 0)
+    if args.batch_size < 2:
+        raise UserError(f"a micro-batch of {args.batch_size}: BatchNorm needs two images a process (raise "
+                        "--batch-size or --global-batch)")
+    args.accum = share // args.batch_size
 
 
 def resolved(args, world):
-    """--dry-run: every setting after the recipe and the flags, with the global batch and the peak LR."""
-    settings = {k: v for k, v in sorted(vars(args).items()) if k not in ("explicit", "dry_run")}
-    return {**settings, "world": world, "global_batch": args.batch_size * world,
-            "peak_lr": args.lr * args.batch_size * world / 1024}
+    """--dry-run: every setting after the recipe and the flags, with the micro-batch, accumulation and peak LR."""
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in ("explicit", "dry_run", "batch_size", "accum")}
+    return {**settings, "world": world, "micro_batch": args.batch_size, "accumulation_steps": args.accum,
+            "peak_lr": args.lr * args.global_batch / 1024}

@@ -22,7 +22,13 @@ import traceback
 import torch
 from PIL import Image
 
+import augment
 import runtime
+
+try:  # libjpeg-turbo with DCT-scaled decoding: README, "Data"; PIL does everything without it, slower
+    import simplejpeg
+except ImportError:
+    simplejpeg = None
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,6 +86,14 @@ def scan_dataset(root, train=True):
 
 # ------------------------------------------------------------------------------------------------- transforms
 
+def open_image(raw):
+    """PIL image from bytes (header only; decoding comes later); not an image -> Unreadable."""
+    try:
+        return Image.open(io.BytesIO(raw))
+    except DECODE_ERRORS as error:
+        raise Unreadable(f"{type(error).__name__}: {error}") from None
+
+
 def decode(image, draft_size=None):
     """Decode a PIL image to RGB (at a reduced JPEG scale that still covers draft_size); corrupt data -> Unreadable."""
     try:
@@ -88,6 +102,31 @@ def decode(image, draft_size=None):
         return image.convert("RGB")
     except DECODE_ERRORS as error:
         raise Unreadable(f"{type(error).__name__}: {error}") from None
+
+
+def jpeg_size(raw):
+    """(width, height) from the header: simplejpeg's where it reads it, else PIL's."""
+    if simplejpeg is not None:
+        try:
+            height, width = simplejpeg.decode_jpeg_header(raw)[:2]
+            return width, height
+        except ValueError:
+            pass
+    return open_image(raw).size
+
+
+def decode_at_least(raw, width, height):
+    """uint8 [3, h, w] at the smallest libjpeg DCT scale with w >= width and h >= height (the full size for other
+    formats). simplejpeg (libjpeg-turbo) where it can; PIL for CMYK, PNG, and JPEGs with recoverable errors."""
+    if simplejpeg is not None:
+        try:
+            return torch.from_numpy(simplejpeg.decode_jpeg(raw, "RGB", min_height=height, min_width=width)).permute(
+                2, 0, 1)
+        except ValueError:  # not a JPEG, CMYK, or a warning in strict mode: PIL decides
+            pass
+    image = decode(open_image(raw), (width, height))
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(image.height, image.width, 3).permute(
+        2, 0, 1)
 
 
 def random_resized_crop_box(width, height, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -109,49 +148,48 @@ def random_resized_crop_box(width, height, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def decode_crop_resize(image, box, size, resample=Image.BILINEAR):
-    """Decode only as much as needed (JPEG draft mode), then crop box=(left, top, w, h) and resize to size."""
+def decode_crop_resize(raw, box, size, interpolation="bilinear"):
+    """JPEG bytes -> uint8 [3, size, size]: decode only as much as the box needs, crop, resize (torch, antialiased).
+    At a reduced scale the box snaps to the decoded pixel grid (at most half a decoded pixel, 4 at 1/8)."""
     left, top, w, h = box
-    full_w, full_h = image.size
-    # The smallest DCT scale whose crop still covers `size`: no upsampling that a full decode would not also need.
-    image = decode(image, (math.ceil(full_w * size[0] / w), math.ceil(full_h * size[1] / h)))
-    scale = 2 ** round(math.log2(full_w / image.size[0]))  # 1, 2, 4 or 8: libjpeg's DCT scaling
-    crop = (left / scale, top / scale, min((left + w) / scale, image.size[0]), min((top + h) / scale, image.size[1]))
-    return image.resize(size, resample, box=crop)
+    full_w, full_h = jpeg_size(raw)
+    image = decode_at_least(raw, math.ceil(full_w * size / w), math.ceil(full_h * size / h))
+    # libjpeg scales by M/8 (M = 1..8) and rounds the size up: the scale is 8/M, not the ratio of the sizes.
+    s = 8 / round(8 * (image.shape[2] / full_w if full_w >= full_h else image.shape[1] / full_h))
+    x0, y0 = min(round(left / s), image.shape[2] - 1), min(round(top / s), image.shape[1] - 1)
+    crop = image[:, y0:max(round((top + h) / s), y0 + 1), x0:max(round((left + w) / s), x0 + 1)]
+    return torch.nn.functional.interpolate(crop[None], (size, size), mode=interpolation, antialias=True)[0]
 
 
-class FastRandomResizedCrop:
-    """PIL image (not yet decoded) -> RandomResizedCrop(size) + horizontal flip, as a decoded RGB PIL image."""
+class RandomResizedCropFlip:
+    """The loader worker's whole job: bytes -> uint8 [3, size, size], torchvision's RandomResizedCrop box drawn from
+    the header, decoded at a reduced scale where the box allows, resized, flipped with probability `hflip`.
+    Augmentations run later, batched on the device (augment.py)."""
 
-    def __init__(self, size, scale=(0.08, 1.0), hflip=0.5, resample=Image.BILINEAR):
-        self.size, self.scale, self.hflip, self.resample = (size, size), scale, hflip, resample
+    def __init__(self, size, scale=(0.08, 1.0), interpolation="bilinear", hflip=0.5):
+        self.size, self.scale, self.interpolation, self.hflip = size, scale, interpolation, hflip
 
-    def __call__(self, image):
-        box = random_resized_crop_box(*image.size, scale=self.scale)
-        image = decode_crop_resize(image, box, self.size, self.resample)
-        return image.transpose(Image.FLIP_LEFT_RIGHT) if torch.rand(1).item() < self.hflip else image
+    def __call__(self, raw):
+        box = random_resized_crop_box(*jpeg_size(raw), scale=self.scale)
+        image = decode_crop_resize(raw, box, self.size, self.interpolation)
+        return image.flip(2) if torch.rand(1).item() < self.hflip else image
 
 
-def train_transform(size, auto_augment="ta_wide", random_erase=0.1, min_scale=0.08, interpolation="bilinear",
-                    ra_magnitude=9):
-    """Crop + flip, TrivialAugmentWide or RandAugment (2 ops), uint8 tensor, random erasing, all on uint8."""
+def val_transform(resize, size, interpolation="bilinear"):
+    """torchvision's eval preset, exactly: Resize(resize) (PIL, antialiased; timm's A3: bicubic), CenterCrop(size)."""
     import torchvision.transforms as T
-    mode = T.InterpolationMode(interpolation)
-    steps = [FastRandomResizedCrop(size, (min_scale, 1.0), resample=getattr(Image, interpolation.upper()))]
-    if auto_augment != "none":
-        steps.append(T.TrivialAugmentWide(interpolation=mode) if auto_augment == "ta_wide" else  # 11 bins: timm's m/10
-                     T.RandAugment(2, ra_magnitude, 11, mode, fill=[round(255 * m) for m in IMAGENET_MEAN]))
-    steps.append(T.PILToTensor())
-    if random_erase > 0:  # RandomErasing(value=0) after Normalize, done on the uint8 image: fill with the mean
-        steps.append(T.RandomErasing(p=random_erase, value=tuple(round(255 * m) for m in IMAGENET_MEAN)))
-    return T.Compose(steps)
+    return T.Compose([open_image, decode, T.Resize(resize, interpolation=T.InterpolationMode(interpolation)),
+                      T.CenterCrop(size), T.PILToTensor()])
 
 
-def val_transform(resize, size):
-    """torchvision's eval preset, exactly: Resize(resize) (PIL, bilinear, antialiased), CenterCrop(size)."""
-    import torchvision.transforms as T
-    return T.Compose([decode, T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(size),
-                      T.PILToTensor()])
+def device_augment(args):
+    """The batched augmentation the recipe asks for, run on the device after the copy (augment.py); None if none."""
+    steps = [augment.RandAugment(2, args.ra_magnitude, 0.5, 0.5, augment.MEAN_FILL, args.interpolation)
+             if args.auto_augment == "ra" else augment.TrivialAugmentWide(interpolation=args.interpolation)
+             if args.auto_augment == "ta_wide" else None,
+             augment.RandomErasing(args.random_erase) if args.random_erase > 0 else None]
+    steps = [s for s in steps if s is not None]
+    return (lambda images, generator: functools.reduce(lambda x, s: s(x, generator), steps, images)) if steps else None
 
 
 # -------------------------------------------------------------------------------------------- dataset, loader
@@ -186,11 +224,7 @@ class ImageList(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):  # leave the process's own random state alone
             torch.default_generator.manual_seed(runtime.mix_seed(self.seed, *key))
             try:
-                try:
-                    image = Image.open(io.BytesIO(raw))  # reads the header; the transform decodes
-                except DECODE_ERRORS as error:
-                    raise Unreadable(f"{type(error).__name__}: {error}") from None
-                return self.transform(image), label, None
+                return self.transform(raw), label, None
             except Unreadable as error:
                 return None, label, ("unreadable", f"{path} ({error})")
             except Exception as error:  # a bug, not a bad file: say where
@@ -212,27 +246,30 @@ def collate(batch, size):
 
 
 class GlobalBatchSampler(torch.utils.data.Sampler):
-    """This rank's (epoch, index, copy) items: a permutation per (seed, epoch), each image `reps` times in a row
-    (repeated augmentation, Hoffer et al. 2020), in whole global batches; rank r takes every world-th item, so step k
-    holds the same images however split, and copies go to different ranks (torchvision's RASampler)."""
+    """This rank's (epoch, index, copy) items, micro-batch after micro-batch: a permutation per (seed, epoch), each
+    image `reps` times in a row (repeated augmentation, Hoffer et al. 2020), cut into global batches of batch x world
+    x accum. A global batch goes to V = world x accum "virtual ranks" (micro-batch m of rank r is v = m x world + r),
+    v taking every V-th item: step k holds the same images however split, the BatchNorm groups are the same for 1
+    process x 8 micro-batches as for 8 processes x 1, and an image's copies go to different groups (torchvision's
+    RASampler over V ranks)."""
 
-    def __init__(self, n, batch_size, rank, world, seed, reps=1):
+    def __init__(self, n, batch_size, rank, world, seed, reps=1, accum=1):
         self.n, self.batch, self.rank, self.world, self.seed, self.reps = n, batch_size, rank, world, seed, reps
-        self.steps, self.epoch, self.start = n // (batch_size * world), 0, 0
+        self.accum, self.steps, self.epoch, self.start = accum, n // (batch_size * world * accum), 0, 0
 
     def set_epoch(self, epoch, start_step=0):
         self.epoch, self.start = epoch, start_step
 
     def __iter__(self):
         g = torch.Generator().manual_seed(runtime.mix_seed(self.seed, self.epoch))
-        order = torch.randperm(self.n, generator=g).repeat_interleave(self.reps)[:self.steps * self.batch * self.world]
-        first = self.start * self.batch * self.world + self.rank
-        copies = torch.arange(len(order)) % self.reps
-        return iter([(self.epoch, i, k) for i, k in zip(order[first::self.world].tolist(),
-                                                          copies[first::self.world].tolist())])
+        order = torch.randperm(self.n, generator=g).repeat_interleave(self.reps)
+        size = self.steps * self.batch * self.world * self.accum
+        items = torch.stack([order[:size], torch.arange(size) % self.reps], -1)  # (index, copy)
+        mine = items.view(self.steps, self.batch, self.world * self.accum, 2)[self.start:, :, self.rank::self.world]
+        return iter([(self.epoch, i, k) for i, k in mine.transpose(1, 2).reshape(-1, 2).tolist()])
 
     def __len__(self):
-        return (self.steps - self.start) * self.batch
+        return (self.steps - self.start) * self.batch * self.accum
 
 
 def make_loader(dataset, batch_size, sampler, workers, pin_memory, size):
@@ -245,9 +282,13 @@ def make_loader(dataset, batch_size, sampler, workers, pin_memory, size):
 
 def to_device_normalized(images, device, channels_last):
     """uint8 [B,3,H,W] -> float normalised on `device` (one copy of 1 byte/pixel, then the math there)."""
-    images = images.to(device, non_blocking=True)
+    return normalize(images.to(device, non_blocking=True), channels_last)
+
+
+def normalize(images, channels_last):
+    """uint8 [B,3,H,W] -> float, ImageNet-normalised, on the same device."""
     images = images.contiguous(memory_format=torch.channels_last) if channels_last else images
-    mean, std = normalization(device)
+    mean, std = normalization(images.device)
     return images.float().sub_(mean).div_(std)
 
 
@@ -272,18 +313,17 @@ class SyntheticBatches:
 def build_loaders(args, root, rank, world, pin_memory):
     """This rank's share: (num_classes, train images, train loader, its sampler, val loader); --eval-only: val only."""
     classes, train_samples, val_samples = scan_dataset(root, train=not args.eval_only)
-    val_set = ImageList(val_samples, val_transform(args.val_resize, args.val_res))
+    val_set = ImageList(val_samples, val_transform(args.val_resize, args.val_res, args.val_interpolation))
     val_shard = range(rank, len(val_set), world)  # every world-th image: no padding, no duplicates, exact counts
     val_loader = make_loader(val_set, args.batch_size, val_shard, args.workers, pin_memory, args.val_res)
     if args.eval_only:
         return len(classes), 0, None, None, val_loader
-    if len(train_samples) < args.batch_size * world:
-        raise DataError(f"{len(train_samples)} training images in {root}/train: fewer than one global batch "
-                        f"({args.batch_size} x {world}); lower --batch-size")
-    transform = train_transform(args.train_res, args.auto_augment, args.random_erase, args.min_scale,
-                                args.interpolation, args.ra_magnitude)
+    if len(train_samples) < args.global_batch:
+        raise DataError(f"{len(train_samples)} training images in {root}/train: fewer than one global batch of "
+                        f"{args.global_batch}; lower --global-batch")
+    transform = RandomResizedCropFlip(args.train_res, (args.min_scale, 1.0), args.interpolation)
     train_set = ImageList(train_samples, transform, args.seed, substitute=True)
-    sampler = GlobalBatchSampler(len(train_set), args.batch_size, rank, world, args.seed, args.ra_reps)
+    sampler = GlobalBatchSampler(len(train_set), args.batch_size, rank, world, args.seed, args.ra_reps, args.accum)
     train_loader = make_loader(train_set, args.batch_size, sampler, args.workers, pin_memory, args.train_res)
     return len(classes), len(train_samples), train_loader, sampler, val_loader
 

@@ -14,6 +14,7 @@ Recipes (--recipe a3, v2, nette5, demo) are in config.py and README, "Recipes". 
 every epoch end before validation, every --save-every-min, and at a stop), best.pt, model.pt (final weights, a plain
 state_dict) and metrics.jsonl. What a checkpoint fixes on resume: README, "Resume".
 """
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -47,9 +48,11 @@ def build(args, d):
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt is not None:
         config.apply_contract(args, ckpt, d.world)
+    if not args.eval_only:
+        config.split_batch(args, d.world)
     if args.data == "synthetic":
-        batches = data.SyntheticBatches(args.batch_size, args.train_res, 1000, 100, d.device)
-        loaders = (1000, 100 * args.batch_size * d.world, batches, None, None)
+        batches = data.SyntheticBatches(args.batch_size, args.train_res, 1000, 100 * args.accum, d.device)
+        loaders = (1000, 100 * args.global_batch, batches, None, None)
     else:
         root = args.data or demo.make_demo_dataset(args.demo_dir)
         try:
@@ -62,9 +65,9 @@ def build(args, d):
         if trained != (train_images, num_classes):
             raise UserError(f"{args.resume} trained on {trained[0]} images in {trained[1]} classes; --data has "
                             f"{train_images} in {num_classes}")
-    t = build_trainer(args, d, num_classes, steps_per_epoch=train_images // (args.batch_size * d.world))
-    t.config = {**{k: getattr(args, k) for k in config.RECIPE}, "global_batch": args.batch_size * d.world,
-                "train_images": train_images, "num_classes": num_classes}
+    t = build_trainer(args, d, num_classes, steps_per_epoch=train_images // args.global_batch if train_images else 0)
+    t.config = {**{k: getattr(args, k) for k in config.RECIPE}, "train_images": train_images,
+                "num_classes": num_classes}
     if ckpt is not None:
         restore(args, t, ckpt)
     return t, loaders
@@ -83,13 +86,16 @@ def lr_at(step, total_steps, warmup_steps, peak_lr, decay="cosine"):
 @dataclasses.dataclass
 class Trainer:
     """The model and what moves it. `raw` is never wrapped (its state_dict is model.pt); `net` is what the step
-    calls (raw under DDP and/or torch.compile). `step` counts global batches of config['global_batch'] images."""
+    calls (raw under DDP and/or torch.compile; `ddp` the DDP wrapper). `step` counts global batches of
+    config['global_batch'] images, each `accum` micro-batches a process; `augment` runs on the device."""
     raw: torch.nn.Module
     net: torch.nn.Module
     ema: object
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     mixer: augment.MixupCutmix
+    augment: object
+    accum: int
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
@@ -98,6 +104,8 @@ class Trainer:
     best: float = 0.0  # the best val or EMA top-1 so far
     config: dict = None
     epoch_totals: tuple = (0.0, 0, 0, 0)  # this epoch so far: loss sum, steps, unreadable images, good images
+    ddp: object = None
+    generator: torch.Generator = dataclasses.field(default_factory=torch.Generator)  # the device augmentation's
 
     def models(self):  # what is saved, checked and synced: the weights and their EMA
         return [self.raw] + ([self.ema.module] if self.ema else [])
@@ -110,7 +118,7 @@ def build_trainer(args, d, num_classes, steps_per_epoch):
     if args.sync_bn and d.distributed:
         raw = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     raw = raw.to(d.device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
-    peak_lr = args.lr * args.batch_size * d.world / 1024
+    peak_lr = args.lr * args.global_batch / 1024
     decay = [p for p in raw.parameters() if p.ndim > 1]  # conv and fc weights; BN weights and biases get none
     groups = [{"params": decay, "weight_decay": args.weight_decay},
               {"params": [p for p in raw.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
@@ -118,9 +126,14 @@ def build_trainer(args, d, num_classes, steps_per_epoch):
         torch.optim.SGD(groups, lr=peak_lr, momentum=args.momentum, fused=d.device.type == "cuda" or None)
     total = args.epochs * steps_per_epoch
     ema = EMA(raw, 0.5 ** (1 / max(args.ema_half_life * total, 1))) if args.ema else None
-    mixer = augment.MixupCutmix(num_classes, args.mixup, args.cutmix, 0.5, args.label_smoothing, torch.Generator())
-    return Trainer(raw, raw, ema, optimizer,
-                   torch.amp.GradScaler(d.device.type, enabled=args.amp == "fp16"), mixer, steps_per_epoch, total,
+    accum = getattr(args, "accum", 1)
+    # An image's ra_reps copies are neighbours in the step's order and a micro-batch takes every (world x accum)-th
+    # item: a mixing partner this many places back is never a copy (issue #52).
+    shift = math.ceil(args.ra_reps / (d.world * accum))
+    mixer = augment.MixupCutmix(num_classes, args.mixup, args.cutmix, 0.5, args.label_smoothing, torch.Generator(),
+                                shift)
+    scaler = torch.amp.GradScaler(d.device.type, enabled=args.amp == "fp16")
+    return Trainer(raw, raw, ema, optimizer, scaler, mixer, data.device_augment(args), accum, steps_per_epoch, total,
                    round(args.warmup_epochs * steps_per_epoch), peak_lr)
 
 
@@ -159,26 +172,41 @@ def autocast(args, device):
     return torch.amp.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def train_step(args, d, t, images, labels, weights):
-    """One optimiser step at the scheduled LR, and the EMA update. Returns the loss, still on the device."""
+def train_step(args, d, t, batches):
+    """One optimiser step at the scheduled LR over t.accum micro-batches from `batches` (DDP averages gradients on
+    the last one only), then the EMA update. Returns (loss on the device, images, good images, problems, seconds
+    spent waiting for data)."""
     for group in t.optimizer.param_groups:
         group["lr"] = lr_at(t.step, t.total_steps, t.warmup_steps, t.peak_lr, args.decay)
-    images = data.to_device_normalized(images, d.device, args.channels_last)
-    t.mixer.generator.manual_seed(mix_seed(args.seed, t.step, d.rank, 1))  # f(seed, step, rank) only
-    images, targets = t.mixer(images, labels.to(d.device, non_blocking=True))
-    weights = weights.to(d.device, non_blocking=True)
-    with autocast(args, d.device):
-        logits = t.net(images)
-    loss = augment.binary_cross_entropy(logits, targets, args.bce_threshold, weights) if args.loss == "bce" else \
-        augment.soft_cross_entropy(logits, targets, weights)
     t.optimizer.zero_grad(set_to_none=True)
-    t.scaler.scale(loss).backward()
+    loss_sum, count, good, problems, wait = 0.0, 0, 0, [], 0.0
+    for m in range(t.accum):
+        tick = time.perf_counter()
+        images, labels, weights, found = next(batches)
+        wait += time.perf_counter() - tick
+        v = m * d.world + d.rank  # the sampler's virtual rank: its draws do not depend on how the step is split
+        images = images.to(d.device, non_blocking=True)
+        if t.augment is not None:
+            t.generator.manual_seed(mix_seed(args.seed, t.step, v, 2))
+            images = t.augment(images, t.generator)
+        images = data.normalize(images, args.channels_last)
+        t.mixer.generator.manual_seed(mix_seed(args.seed, t.step, v, 1))  # f(seed, step, virtual rank) only
+        images, targets = t.mixer(images, labels.to(d.device, non_blocking=True))
+        on_device = weights.to(d.device, non_blocking=True)
+        with t.ddp.no_sync() if t.ddp is not None and m < t.accum - 1 else contextlib.nullcontext():
+            with autocast(args, d.device):
+                logits = t.net(images)
+            loss = augment.binary_cross_entropy(logits, targets, args.bce_threshold, on_device) \
+                if args.loss == "bce" else augment.soft_cross_entropy(logits, targets, on_device)
+            t.scaler.scale(loss / t.accum).backward()
+        loss_sum = loss_sum + loss.detach() / t.accum
+        count, good, problems = count + len(weights), good + int(weights.sum()), problems + found
     t.scaler.step(t.optimizer)
     t.scaler.update()
     if t.ema is not None:  # as torchvision: the EMA follows the weights until warmup ends
         t.ema.update(t.raw, copy_only=t.step < t.warmup_steps)
     t.step += 1
-    return loss.detach()
+    return loss_sum, count, good, problems, wait
 
 
 def read_window(args, d, t, window):
@@ -204,14 +232,13 @@ def train_epoch(args, d, t, loader, stop, seen):
     vote, fatal, total = Vote(d, 3), False, list(t.epoch_totals) if t.step % spe else [0.0, 0, 0, 0]
     before = total[1], total[3]  # steps and images of this epoch done before a restart: not in this run's timing
     window = [torch.zeros((), device=d.device), 0, 0, 0]
-    start = window_start = last_save = tick = time.perf_counter()
-    wait = 0.0
-    for images, labels, weights, problems in loader:
-        wait += time.perf_counter() - tick
+    start = window_start = last_save = time.perf_counter()
+    wait, batches = 0.0, iter(loader)
+    while True:
+        loss, count, good, problems, waited = train_step(args, d, t, batches)
+        wait += waited
         fatal = report_problems(problems, seen) or fatal
-        loss = train_step(args, d, t, images, labels, weights)
-        good = int(weights.sum())
-        window = [window[0] + loss, window[1] + 1, window[2] + len(weights) - good, window[3] + good]
+        window = [window[0] + loss, window[1] + 1, window[2] + count - good, window[3] + good]
         save_due = args.save_every_min and d.rank == 0 and time.perf_counter() - last_save > args.save_every_min * 60
         flags = vote(stop.signum, fatal, save_due)
         if t.step == end:  # the last step's own vote too
@@ -235,7 +262,6 @@ def train_epoch(args, d, t, loader, stop, seen):
             last_save = time.perf_counter()
         if flags[0] or flags[1] or t.step == end:
             break
-        tick = time.perf_counter()
     if total[3] == 0:
         raise UserError("no training image in this epoch could be read: nothing to train on")
     seconds = time.perf_counter() - start
@@ -308,7 +334,8 @@ def train(args, d, t, loaders):
     _, _, train_loader, sampler, val_loader = loaders
     stop, seen, metrics = StopRequested(), set(), None
     log(d, f"{args.model}: {t.config['num_classes']} classes, {d.world} process(es) on {d.device}"
-        f"{' (DDP)' if d.distributed else ''}, global batch {t.config['global_batch']}, peak lr {t.peak_lr:.4g}, "
+        f"{' (DDP)' if d.distributed else ''}, global batch {args.global_batch} = {args.batch_size} x {t.accum} "
+        f"micro-batches x {d.world}, peak lr {t.peak_lr:.4g}, "
         f"amp {args.amp}, {t.steps_per_epoch} steps/epoch x {args.epochs} epochs, from step {t.step} -> {args.output}")
     if args.resume and os.path.realpath(args.resume) != os.path.realpath(os.path.join(args.output, "last.pt")):
         save_last(args, d, t)  # the run continues in OUTPUT
@@ -354,6 +381,7 @@ def main(argv=None):
     try:
         args = config.get_args(argv)
         if args.dry_run:  # nothing is read, created or started
+            config.split_batch(args, int(os.environ.get("WORLD_SIZE", 1)))
             print(json.dumps(config.resolved(args, int(os.environ.get("WORLD_SIZE", 1)))))
             return None
         d = setup_distributed(args.device)
@@ -377,6 +405,7 @@ def main(argv=None):
         if d.distributed:  # DDP's constructor broadcasts rank 0's (restored) weights to all
             t.net = torch.nn.parallel.DistributedDataParallel(t.raw, device_ids=[d.device.index] if
                                                               d.device.type == "cuda" else None)
+            t.ddp = t.net
         t.net = torch.compile(t.net) if args.compile else t.net
         return evaluate_only(args, d, t, loaders[4]) if args.eval_only else train(args, d, t, loaders)
     except UserError as error:
