@@ -2,14 +2,17 @@
 
 Needs torch, torchvision, pillow and the files beside it. Sections:
 
-    python bench.py pipeline --images ../shared/data/imagenet-samples      # CPU: per-worker img/s, ours vs torchvision
+    python bench.py pipeline --images ../shared/data/imagenet-samples  # CPU: a worker's img/s, ours vs timm's
+                                                            # and torchvision's; the device augmentation's ms
     python bench.py synthetic                  # GPU: model step, fp32/tf32, bf16 NCHW, bf16 channels_last, + compile
     python bench.py jpeg --images DIR --workers 15   # GPU: real JPEGs end to end through train.py's loader
     python bench.py reference --images DIR --vision third_party/vision_ref   # torchvision's references/classification
 
-`pipeline` times one data-loading worker (one core) on the same files in one run, alternating the two pipelines
-in rounds so that machine noise hits both alike, and reports the ratio. The GPU sections time `--steps` training
-steps after `--warmup` steps at batch 256, 224 px (and `--res 176`). `jpeg` and `reference` repeat the sample
+`pipeline` times one data-loading worker (one core) on the same files in one run, alternating the pipelines in
+rounds so that machine noise hits all alike, and reports the ratios: ours only decodes, crops and flips (the
+augmentation runs batched on the device), the peers augment in the worker; run it where timm is installed for the
+A3 row. It then times train.py's device augmentation of a batch of 256 on the CPU. The GPU sections time `--steps`
+training steps after `--warmup` steps at batch 256, 224 px (and `--res 176`). `jpeg` and `reference` repeat the sample
 photos into an ImageNet-layout folder of links (`--repeat`; by default as often as the timed steps need). `jpeg` warms
 the model up on a synthetic batch before its loader starts and times 10 x workers steps after skipping 2 x workers,
 so that batches the workers queued early cannot pass for their steady rate; it also times the loader alone.
@@ -40,43 +43,84 @@ def table(rows, columns):
 
 # ------------------------------------------------------------------------------------------ CPU pipeline
 
-def torchvision_pipeline(size, auto_augment):
-    """torchvision's reference preset (ClassificationPresetTrain, PIL backend) for the same crop, as its workers run
-    it."""
+def peer_pipelines(size_a3, size_v2):
+    """What a user would otherwise run in each loader worker, augmentation included: timm's A3 train transform and
+    torchvision's V2 preset (ClassificationPresetTrain, PIL backend), each on an opened file."""
     import torchvision.transforms as T
-    steps = [T.RandomResizedCrop(size, antialias=True), T.RandomHorizontalFlip()]
-    if auto_augment:
-        steps.append(T.TrivialAugmentWide())
-    steps += [T.PILToTensor(), T.ConvertImageDtype(torch.float), T.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)]
-    t = T.Compose(steps)
-    return lambda path: t(data.Image.open(path).convert("RGB"))
+    v2 = T.Compose([T.RandomResizedCrop(size_v2, antialias=True), T.RandomHorizontalFlip(), T.TrivialAugmentWide(),
+                    T.PILToTensor(), T.ConvertImageDtype(torch.float),
+                    T.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD), T.RandomErasing(0.1)])
+    peers = {"v2": lambda path: v2(data.Image.open(path).convert("RGB"))}
+    try:
+        from timm.data import create_transform
+        a3 = create_transform(size_a3, is_training=True, auto_augment="rand-m6-mstd0.5-inc1", interpolation="bicubic")
+        peers["a3"] = lambda path: a3(data.Image.open(path).convert("RGB"))
+    except ImportError:
+        print("timm is not installed (pip install timm, in a scratch venv): no A3 row")
+    return peers
 
 
-def our_pipeline(size, auto_augment):
-    t = data.train_transform(size, "ta_wide" if auto_augment else "none", random_erase=0.0)
-    return lambda path: t(data.Image.open(path))
+def our_worker(size, interpolation, decoder="simplejpeg"):
+    """train.py's loader worker: read, decode (simplejpeg, or PIL alone), crop, resize, flip; uint8 out."""
+    crop = data.RandomResizedCropFlip(size, interpolation=interpolation)
+
+    def load(path):
+        saved, data.simplejpeg = data.simplejpeg, data.simplejpeg if decoder == "simplejpeg" else None
+        try:
+            with open(path, "rb") as f:
+                return crop(f.read())
+        finally:
+            data.simplejpeg = saved
+    return load
+
+
+def per_core_rates(pipes, files, rounds):
+    """img/s of each pipeline on one core, alternating rounds over the same files in one run."""
+    seconds = dict.fromkeys(pipes, 0.0)
+    for pipe in pipes.values():  # untimed: files into the page cache, lazy imports, allocator
+        pipe(files[0])
+    for _ in range(rounds):
+        for name, pipe in pipes.items():
+            start = time.perf_counter()
+            for f in files:
+                pipe(f)
+            seconds[name] += time.perf_counter() - start
+    return {k: rounds * len(files) / v for k, v in seconds.items()}
+
+
+def device_augment_ms(recipe, res, batch, threads):
+    """ms for train.py's device augmentation of one batch of `batch` uint8 images on the CPU."""
+    torch.set_num_threads(threads)
+    augment_fn = data.device_augment(config.get_args(["--data", "x", "--recipe", recipe]))
+    images = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    augment_fn(images, g)
+    start = time.perf_counter()
+    for _ in range(3):
+        augment_fn(images, g)
+    return (time.perf_counter() - start) / 3 * 1000
 
 
 def bench_pipeline(args):
     torch.set_num_threads(1)  # one worker = one core
     files = sorted(f for f in glob.glob(os.path.join(args.images, "**", "*"), recursive=True) if os.path.isfile(f))
-    rows = []
-    for size in args.res:
-        for aa in (False, True):
-            pipes = {"torchvision": torchvision_pipeline(size, aa), "ours": our_pipeline(size, aa)}
-            seconds = dict.fromkeys(pipes, 0.0)
-            for _ in range(args.rounds):
-                for name, pipe in pipes.items():
-                    start = time.perf_counter()
-                    for f in files:
-                        pipe(f)
-                    seconds[name] += time.perf_counter() - start
-            rate = {k: args.rounds * len(files) / v for k, v in seconds.items()}
-            rows.append({"pipeline": f"RRC+flip{'+TA' if aa else ''} {size}px",
-                         "torchvision img/s": f"{rate['torchvision']:.0f}", "ours img/s": f"{rate['ours']:.0f}",
-                         "ours/torchvision": f"{rate['ours'] / rate['torchvision']:.2f}x"})
+    peers, rows = peer_pipelines(160, 176), []
+    for recipe, res, how, peer in (("a3", 160, "bicubic", "timm A3 transform"), ("v2", 176, "bilinear",
+                                                                                  "torchvision V2 preset")):
+        pipes = {"ours": our_worker(res, how), "ours, PIL decode": our_worker(res, how, "PIL")}
+        pipes.update({peer: peers[recipe]} if recipe in peers else {})
+        rate = per_core_rates(pipes, files, args.rounds)
+        for name in pipes:
+            rows.append({"recipe": recipe, "res": res, "pipeline": name, "img/s (1 core)": f"{rate[name]:.0f}",
+                         "ours/this": f"{rate['ours'] / rate[name]:.2f}x"})
     print(f"one worker, {len(files)} files x {args.rounds} rounds, torch {torch.__version__}, {os.cpu_count()} cores")
-    table(rows, ["pipeline", "torchvision img/s", "ours img/s", "ours/torchvision"])
+    table(rows, ["recipe", "res", "pipeline", "img/s (1 core)", "ours/this"])
+    rows = [{"recipe": recipe, "res": res, "augmentation": what, "threads": threads,
+             "ms per 256": f"{device_augment_ms(recipe, res, 256, threads):.0f}"}
+            for recipe, res, what in (("a3", 160, "RandAugment"), ("v2", 176, "TrivialAugmentWide + erasing"))
+            for threads in sorted({1, args.threads or os.cpu_count() or 1})]
+    print("\ndevice augmentation (augment.py) run on the CPU, one batch of 256")
+    table(rows, ["recipe", "res", "augmentation", "threads", "ms per 256"])
 
 
 # ------------------------------------------------------------------------------------------ GPU model step
@@ -84,15 +128,17 @@ def bench_pipeline(args):
 def step_fn(args, res, amp, channels_last, compile_mode, device):
     """train.py's training step (model, optimiser, mixing, loss, autocast) of the V2 recipe on a fresh ResNet-50."""
     targs = config.get_args(["--data", "synthetic", "--recipe", "v2", "--amp", amp, "--train-res", str(res),
-                             "--batch-size", str(args.batch), "--no-ema", "--workers", "0", "--device", device.type] +
+                             "--batch-size", str(args.batch), "--global-batch", str(args.batch), "--no-ema",
+                             "--workers", "0", "--device", device.type] +
                            (["--channels-last"] if channels_last else ["--no-channels-last"]))
+    config.split_batch(targs, 1)
     d = runtime.Dist(0, 1, device, False)
     t = train.build_trainer(targs, d, 1000, steps_per_epoch=10**6)
     t.net = torch.compile(t.net, mode=compile_mode) if compile_mode else t.net
     weights = torch.ones(args.batch).pin_memory() if device.type == "cuda" else torch.ones(args.batch)
 
-    def step(images, labels):
-        return train.train_step(targs, d, t, images, labels, weights)
+    def step(images, labels):  # with the device augmentation (TrivialAugmentWide, erasing) and mixing
+        return train.train_step(targs, d, t, iter([(images, labels, weights, [])]))[0]
     return step
 
 
@@ -198,7 +244,7 @@ def bench_jpeg(args, device):
     rows = []
     for res in args.res:
         targs = config.get_args(["--data", root, "--recipe", "v2", "--ra-reps", "1", "--train-res", str(res),
-                                 "--batch-size", str(args.batch), "--workers",
+                                 "--batch-size", str(args.batch), "--global-batch", str(args.batch), "--workers",
                                 str(args.workers), "--device", device.type])
         loader = data.build_loaders(targs, root, 0, 1, device.type == "cuda")[2]
         name = f"JPEG, {args.workers} workers"
@@ -253,6 +299,8 @@ def main():
     p.add_argument("--link-dir", default="third_party/bench_data", help="where the repeated folder of links goes")
     p.add_argument("--vision", default="third_party/vision_ref", help="torchvision's references/classification folder")
     p.add_argument("--rounds", type=int, default=3, help="pipeline: alternating rounds over the files")
+    p.add_argument("--threads", type=int, default=0, help="pipeline: CPU threads for the device augmentation row "
+                   "(0 = all cores)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     p.add_argument("--modes", nargs="+", default=list(SYNTHETIC_MODES), choices=list(SYNTHETIC_MODES),
                    help="synthetic: which rows (compile ones take a minute or more each to compile)")

@@ -8,6 +8,7 @@ Needs only torch (for the model names, model.py). train.py is its user:
 import argparse
 import math
 import os
+import shlex
 import sys
 
 import model as models
@@ -112,6 +113,7 @@ def get_args(argv=None):
     args.recipe = args.recipe or ("a3" if args.data else "demo")
     given = {token.split("=")[0] for token in argv if token.startswith("--")}
     args.explicit = {x.dest for x in p._actions if given & set(x.option_strings)}
+    args.argv, args.switches = argv, {o for x in p._actions if x.nargs == 0 for o in x.option_strings}  # command()
     check_args(args)
     return args
 
@@ -131,13 +133,34 @@ def check_args(args):
          "--label-smoothing and --momentum must be in [0, 1), --random-erase in [0, 1]")
     need(0 < args.min_scale <= 1 and 0 <= args.max_unreadable <= 1, "--min-scale in (0, 1], --max-unreadable in [0, 1]")
     need(0 <= args.bce_threshold < 1 and 0 <= args.ra_magnitude <= 10, "--bce-threshold in [0, 1), --ra-magnitude 0-10")
-    need(args.warmup_epochs <= args.epochs, f"--warmup-epochs {args.warmup_epochs} exceeds --epochs {args.epochs}")
-    need(args.val_resize >= args.val_res, f"--val-resize {args.val_resize} is below --val-res {args.val_res}: the "
-         "centre crop would not fit (torchvision's eval resizes to 232 or 256, then crops 224)")
+    need(args.warmup_epochs <= args.epochs, f"--warmup-epochs {args.warmup_epochs}{origin(args, 'warmup_epochs')} "
+         f"exceeds --epochs {args.epochs}{origin(args, 'epochs')}")
+    need(args.val_resize >= args.val_res, f"--val-resize {args.val_resize}{origin(args, 'val_resize')} is below "
+         f"--val-res {args.val_res}{origin(args, 'val_res')}: the centre crop would not fit (torchvision's eval "
+         "resizes to 232 or 256, then crops 224)")
     procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     args.workers = min(8, max(1, cpu_count() // procs - 1)) if args.workers is None else args.workers
-    need(0 <= args.workers <= cpu_count(), f"--workers {args.workers}: this machine has {cpu_count()} CPUs for it")
+    need(args.workers >= 0, f"--workers must not be negative, got {args.workers} (0: load in the training process)")
+    need(args.workers <= cpu_count(), f"--workers {args.workers}: this machine has {cpu_count()} CPUs for it")
     need(not args.eval_only or args.resume, "--eval-only needs --resume PATH (the weights to score)")
+    need(not args.eval_only or args.data != "synthetic", "--eval-only scores DATA/val: --data synthetic has no "
+         "validation images (give an ImageNet-layout folder)")
+
+
+def origin(args, name):
+    """' (from --recipe X)' where a value that a check refuses came from the recipe, not the command line."""
+    return f" (from --recipe {args.recipe})" if name not in args.explicit and name in RECIPES[args.recipe] else ""
+
+
+def check_platform(args, device_type, distributed):
+    """What the flags (or a checkpoint's recipe) ask of the processes and devices, before anything is built."""
+    whence = " (from the checkpoint's recipe)" if args.resume and "sync_bn" not in args.explicit else ""
+    if args.sync_bn and distributed and device_type != "cuda":
+        raise UserError(f"--sync-bn{whence} needs CUDA GPUs (torch's SyncBatchNorm runs on CUDA only): on the CPU "
+                        "run without it")
+    if args.sync_bn and distributed and args.compile:  # pytorch issues #107372 (errors), #161302 (graph breaks)
+        raise UserError(f"--compile with --sync-bn{whence} under DDP: torch.compile breaks its graph at every "
+                        "SyncBatchNorm and has open bugs with it; drop --compile")
 
 
 def apply_contract(args, ckpt, world):
@@ -171,8 +194,8 @@ def split_batch(args, world):
     divides a process's share and fits --batch-size, args.accum the micro-batches per step."""
     share, rest = divmod(args.global_batch, world)
     if rest:
-        raise UserError(f"a global batch of {args.global_batch} does not split over {world} processes: choose a "
-                        "--global-batch that divides evenly (the LR scales with it)")
+        raise UserError(f"a global batch of {args.global_batch}{origin(args, 'global_batch')} does not split over "
+                        f"{world} processes: choose a --global-batch that divides evenly (the LR scales with it)")
     args.batch_size = max(b for b in range(1, min(args.batch_size, share) + 1) if share % b == 0)
     if args.batch_size < 2:
         raise UserError(f"a micro-batch of {args.batch_size}: BatchNorm needs two images a process (raise "
@@ -182,6 +205,41 @@ def split_batch(args, world):
 
 def resolved(args, world):
     """--dry-run: every setting after the recipe and the flags, with the micro-batch, accumulation and peak LR."""
-    settings = {k: v for k, v in sorted(vars(args).items()) if k not in ("explicit", "dry_run", "batch_size", "accum")}
+    settings = {k: v for k, v in sorted(vars(args).items())
+                if k not in ("explicit", "dry_run", "batch_size", "accum", "argv", "switches")}
     return {**settings, "world": world, "micro_batch": args.batch_size, "accumulation_steps": args.accum,
             "peak_lr": args.lr * args.global_batch / 1024}
+
+
+def command(args, drop=(), **changes):
+    """The train.py command line to run next: this run's own arguments without the flags in `drop` and `changes`,
+    then `changes` ({dest: value}). A run that continued a checkpoint took its recipe from it: for a fresh run
+    (no 'resume' in changes) the recipe flags that differ from the recipe's defaults are written out too."""
+    skip, words, tokens = {"--" + n.replace("_", "-") for n in (*drop, *changes)}, [], list(args.argv)
+    while tokens:
+        token = tokens.pop(0)
+        name = token.split("=")[0]
+        value = [tokens.pop(0)] if name.startswith("--") and "=" not in token and name not in args.switches and \
+            tokens else []
+        words += [token] + value if name not in skip else []
+    if args.resume and "resume" not in changes:
+        defaults = vars(get_args(["--recipe", args.recipe, "--workers", "0"]))
+        for name in (n for n in RECIPE if n not in changes and n not in drop):
+            flag, value = "--" + name.replace("_", "-"), getattr(args, name)
+            if name not in args.explicit and value != defaults[name] or name == "recipe" and "recipe" not in \
+                    args.explicit and value != ("a3" if args.data else "demo"):
+                words += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
+    for name, value in changes.items():
+        words += ["--" + name.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
+    launcher = "torchrun [its flags as before]" if "WORLD_SIZE" in os.environ else "python"
+    return f"{launcher} train.py {shlex.join(words)}"
+
+
+def after_divergence(args):
+    """What a diverged run (exit 3) can do: a resumed run keeps its --lr, and its --output holds the run."""
+    lr = args.lr / 2
+    advice = (f" A resumed run keeps its --lr: start again with a lower one in a new folder, e.g. "
+              f"`{command(args, drop=('resume',), lr=lr, output=f'{args.output.rstrip(os.sep)}-lr{lr:g}')}`")
+    if args.amp == "fp16":
+        advice += f"; or continue it without fp16: `{command(args, resume='auto', amp='bf16')}`"
+    return advice + " (a longer --warmup-epochs helps too)."

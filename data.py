@@ -1,8 +1,13 @@
 """Data for train.py: ImageNet-layout folders, per-sample seeded transforms, the sampler, loaders and bad files.
 
-Needs torch, torchvision, pillow and runtime.py. train.py is its user; alone it checks a dataset folder:
+Needs torch, torchvision, pillow and runtime.py. train.py is its user; alone it checks and prepares a dataset folder:
 
     python data.py /imagenet            # class and image counts of DATA/train/<class>/* and DATA/val/<class>/*
+    python data.py verify /imagenet     # decode every file on all CPUs: unreadable (exit 2), CMYK, grayscale, PNGs
+    python data.py sort-val /imagenet/val --labels LOC_val_solution.csv   # flat val -> val/<wnid>/, Kaggle's labels
+    python data.py sort-val /imagenet/val --labels ILSVRC2012_devkit_t12.tar.gz    # the devkit's labels (needs scipy)
+
+Hidden files and folders (`._*`, `.DS_Store`, `.ipynb_checkpoints`: what macOS and Jupyter leave) are not data.
 
 What each training image looks like depends only on (seed, epoch, sample index): the sampler hands out
 (epoch, index) items, each transformed under its own seed, so neither the number of loader workers, nor their
@@ -12,12 +17,19 @@ scale when the box still has the output size there (PIL's `Image.draft`). Valida
 `Resize + CenterCrop` on the full decode, pixel for pixel, so top-1 compares with published figures. A file PIL
 cannot decode is skipped and reported; an I/O error or a transform error stops the run.
 """
+import argparse
+import csv
 import functools
 import io
 import math
+import multiprocessing
 import os
+import signal
 import sys
+import tarfile
+import time
 import traceback
+import warnings
 
 import torch
 from PIL import Image
@@ -51,22 +63,36 @@ def find_classes(split_dir):
     if not os.path.isdir(split_dir):
         raise DataError(f"no {os.path.basename(split_dir)}/ folder in {os.path.dirname(split_dir)}: expected "
                         "DATA/train/<class>/*.JPEG and DATA/val/<class>/* (README: ImageNet's val layout)")
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise DataError(f"no class folders in {split_dir}: expected {split_dir}/<class>/<image files>")
     return classes
 
 
 def list_images(split_dir, classes):
-    """[(path, class_index)] sorted by class then file name; every class folder must hold at least one image."""
-    samples = []
+    """[(path, class_index)] sorted by class then file name; every class folder must hold at least one image. Images in
+    subfolders of a class folder are not read: one line says how many."""
+    samples, nested = [], 0
     for index, name in enumerate(classes):
         folder = os.path.join(split_dir, name)
-        files = sorted(e.name for e in os.scandir(folder) if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file())
+        entries = [e for e in os.scandir(folder) if not e.name.startswith(".")]
+        files = sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file())
         if not files:
             raise DataError(f"empty class folder {folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
         samples += [(os.path.join(folder, f), index) for f in files]
+        nested += sum(images_under(e.path) for e in entries if e.is_dir())
+    if nested and os.environ.get("RANK", "0") == "0":  # once, not from every process under torchrun
+        runtime.warn(f"note: {nested} images in subfolders of class folders in {split_dir} are not read "
+                     f"(only {split_dir}/<class>/<image>)")
     return samples
+
+
+def images_under(folder):
+    count = 0
+    for _, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        count += sum(f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".") for f in files)
+    return count
 
 
 def scan_dataset(root, train=True):
@@ -90,8 +116,9 @@ def open_image(raw):
     """PIL image from bytes (header only; decoding comes later); not an image -> Unreadable."""
     try:
         return Image.open(io.BytesIO(raw))
-    except DECODE_ERRORS as error:
-        raise Unreadable(f"{type(error).__name__}: {error}") from None
+    except DECODE_ERRORS as error:  # PIL names the buffer (<_io.BytesIO object at 0x...>): the caller names the file
+        reason = str(error).split(" <_io.BytesIO")[0] + (": not an image PIL reads" if "BytesIO" in str(error) else "")
+        raise Unreadable(f"{type(error).__name__}: {reason}") from None
 
 
 def decode(image, draft_size=None):
@@ -328,12 +355,143 @@ def build_loaders(args, root, rank, world, pin_memory):
     return len(classes), len(train_samples), train_loader, sampler, val_loader
 
 
-def main():
+# ----------------------------------------------------------------------------- command line: verify, sort-val
+
+GRAY_MODES = ("1", "L", "LA", "I", "I;16")
+
+
+def check_file(path):
+    """verify's worker: (path, problem or None, PIL mode, format), from the training loader's own decode at 1/8
+    scale: libjpeg still reads every coefficient there, so truncated and corrupt files fail as in a full decode."""
     try:
-        classes, train, val = scan_dataset(sys.argv[1] if sys.argv[1:] else sys.exit("usage: python data.py DATA"))
+        with open(path, "rb") as f:
+            raw = f.read()
+        image = open_image(raw)
+        decode_at_least(raw, 1, 1)
+        return path, None, image.mode, image.format
+    except Unreadable as error:
+        return path, str(error), None, None
+    except Exception as error:  # an I/O error, or one that would stop training: name it all the same
+        return path, f"{type(error).__name__}: {error}", None, None
+
+
+def quiet_worker():  # PIL's EXIF warnings would break the progress line; Ctrl-C is for the main process
+    warnings.simplefilter("ignore")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def verify(root):
+    """Decode every train and val file on all CPUs, with a progress line; DataError if any cannot be read."""
+    classes, train, val = scan_dataset(root)
+    paths, results, tty = [p for p, _ in train + val], {}, sys.stderr.isatty()  # on a terminal: one line in place
+    processes, start = min(runtime.cpu_count(), len(paths)), time.monotonic()
+    shown = start
+    with multiprocessing.Pool(processes, initializer=quiet_worker) as pool:
+        for path, *result in pool.imap_unordered(check_file, paths, chunksize=32):
+            results[path], now = result, time.monotonic()
+            if now - shown > (0.25 if tty else 30) or len(results) == len(paths):
+                shown, rate = now, len(results) / max(now - start, 1e-6)
+                eta = round((len(paths) - len(results)) / rate)
+                print("\r" * tty + f"verify: {len(results)}/{len(paths)} files, {rate:.0f}/s on {processes} CPUs, "
+                      f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d} ", end="" if tty else "\n",
+                      file=sys.stderr, flush=True)
+    if tty:
+        print(file=sys.stderr)
+    for name, samples in (("train", train), ("val", val)):
+        rows = [(p, *results[p]) for p, _ in samples]
+        print(f"{name}: {len(rows)} files in {len(classes)} classes, {sum(r[1] is not None for r in rows)} unreadable, "
+              f"{sum(r[2] == 'CMYK' for r in rows)} CMYK, {sum(r[2] in GRAY_MODES for r in rows)} grayscale, "
+              f"{sum(r[3] not in (None, 'JPEG') and r[0].lower().endswith(('.jpg', '.jpeg')) for r in rows)} "
+              "not JPEG inside")
+    bad = sorted((path, problem) for path, (problem, _, _) in results.items() if problem)
+    for path, problem in bad:
+        print(f"unreadable: {path}: {problem}")
+    if bad:
+        raise DataError(f"{len(bad)} of {len(paths)} files cannot be read (listed above): training skips them, "
+                        "up to --max-unreadable; remove or replace them")
+
+
+def val_labels(path):
+    """{image name without extension: wnid} from Kaggle's LOC_val_solution.csv (ImageId,PredictionString, the
+    string starting with the wnid) or from ILSVRC2012_devkit_t12.tar.gz, as torchvision reads it: data/meta.mat maps
+    ILSVRC2012_ID -> wnid, data/ILSVRC2012_validation_ground_truth.txt has the IDs of val images 1, 2, ... in order."""
+    if not os.path.isfile(path):
+        raise DataError(f"--labels file not found: {path}")
+    if not tarfile.is_tarfile(path):
+        with open(path, newline="", errors="replace") as f:
+            rows = list(csv.reader(f))
+        if not rows or rows[0][:2] != ["ImageId", "PredictionString"]:
+            raise DataError(f"{path} is neither Kaggle's LOC_val_solution.csv (ImageId,PredictionString) nor "
+                            "ILSVRC2012_devkit_t12.tar.gz")
+        return {row[0]: row[1].split()[0] for row in rows[1:] if len(row) > 1 and row[1].split()}
+    try:
+        from scipy.io import loadmat  # only here: not a dependency of the project
+    except ImportError:
+        raise DataError("the devkit's meta.mat needs scipy: pip install scipy (or use Kaggle's LOC_val_solution.csv)"
+                        ) from None
+    with tarfile.open(path) as tar:
+        members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+        try:
+            meta, truth = (tar.extractfile(members[n]).read() for n in ("meta.mat",
+                                                                        "ILSVRC2012_validation_ground_truth.txt"))
+        except KeyError as error:
+            raise DataError(f"no {error} in {path}: expected ILSVRC2012_devkit_t12.tar.gz") from None
+    wnids = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]}
+    return {f"ILSVRC2012_val_{i:08d}": wnids.get(int(n)) for i, n in enumerate(truth.split(), 1)}
+
+
+def sort_val(val_dir, labels_path):
+    """Move the flat val images into val_dir/<wnid>/, only once every image has a label. os.replace within one file
+    system: each move is atomic, and an interrupted run, run again, moves the rest."""
+    if not os.path.isdir(val_dir):
+        raise DataError(f"val folder not found: {val_dir}")
+    entries = [e for e in os.scandir(val_dir) if not e.name.startswith(".")]
+    flat = sorted(e.name for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+    if not flat:
+        folders = sum(e.is_dir() for e in entries)
+        if not folders:
+            raise DataError(f"no images in {val_dir}")
+        print(f"{val_dir} is already sorted ({folders} class folders, no images at the top): nothing moved")
+        return
+    labels = val_labels(labels_path)
+    wnids = {name: labels.get(os.path.splitext(name)[0]) for name in flat}
+    missing = [name for name, wnid in wnids.items() if not wnid]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(flat)} images in {val_dir} have no label in {labels_path} "
+                        f"(first: {missing[0]}): nothing moved")
+    for name, wnid in wnids.items():
+        os.makedirs(os.path.join(val_dir, wnid), exist_ok=True)
+        os.replace(os.path.join(val_dir, name), os.path.join(val_dir, wnid, name))
+    print(f"{val_dir}: moved {len(flat)} images into {len(set(wnids.values()))} class folders")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, as train.py does
+        raise DataError(f"{message} (python data.py --help)")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = ArgumentParser(prog="python data.py", description="Check, verify or sort an ImageNet-layout folder.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("count", help="class and image counts (the default: python data.py DATA)").add_argument("data")
+    commands.add_parser("verify", help="decode every file on all CPUs; exit 2 if any fails").add_argument("data")
+    sort = commands.add_parser("sort-val", help="move ImageNet's flat val images into VAL_DIR/<wnid>/")
+    sort.add_argument("val_dir")
+    sort.add_argument("--labels", required=True, help="LOC_val_solution.csv or ILSVRC2012_devkit_t12.tar.gz")
+    try:  # a first word that is no command is the DATA of `count`
+        args = parser.parse_args(argv if argv[:1] and argv[0] in [*commands.choices, "-h", "--help"] else
+                                 ["count", *argv])
+        if args.command == "verify":
+            verify(args.data)
+        elif args.command == "sort-val":
+            sort_val(args.val_dir, args.labels)
+        else:
+            classes, train, val = scan_dataset(args.data)
+            print(f"{args.data}: {len(classes)} classes, {len(train)} train images, {len(val)} val images")
     except DataError as error:
-        sys.exit(f"error: {error}")
-    print(f"{sys.argv[1]}: {len(classes)} classes, {len(train)} train images, {len(val)} val images")
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

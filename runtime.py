@@ -8,13 +8,18 @@ later (its --shutdown-timeout, where it has one); its children see WORLD_SIZE, e
     python -c "import runtime; print(runtime.cpu_count())"
 """
 import collections
+import contextlib
+import datetime
 import errno
 import fcntl
 import json
 import os
+import re
 import signal
+import socket
 import sys
 import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -35,6 +40,10 @@ def cpu_count():
 # Under torchrun (WORLD_SIZE set) a process is `distributed` even in a world of one, so one GPU exercises the same
 # process group, DDP and collectives as eight.
 Dist = collections.namedtuple("Dist", "rank world device distributed")
+# How long a rank waits in a collective before the job fails. Rank 0 alone saves checkpoints (a ResNet-50 with its
+# optimiser state and EMA: ~300 MB) while the others wait in the next collective, and a loaded shared file system
+# can take minutes for that; NCCL's default of 10 minutes would kill a healthy job during a slow save.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=60)
 
 
 def setup_distributed(device_name=None):
@@ -45,8 +54,8 @@ def setup_distributed(device_name=None):
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if kind == "cuda" else kind)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if distributed:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+    if distributed:  # the timeout: see COLLECTIVE_TIMEOUT
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT,
                                 device_id=device if device.type == "cuda" else None)
         return Dist(dist.get_rank(), dist.get_world_size(), device, True)
     return Dist(0, 1, device, False)
@@ -134,25 +143,86 @@ def broadcast_buffers(modules, device):
             dist.broadcast(buffer, 0)
 
 
-def claim_output(folder):
-    """OUTPUT for one run at a time: it must be writable and not locked by another run (a POSIX lock, released by
-    the kernel when the holder ends and not inherited by loader workers); temporary files of killed saves go."""
+# Where POSIX locks do not work: Lustre mounted noflock (ENOSYS), NFS without its lock manager (ENOLCK), some FUSE
+# file systems (EOPNOTSUPP, ENOTSUP). There a run goes on without the lock, and says so.
+NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+
+
+class OutputLock:
+    """The held OUTPUT/lock. close() frees it; if the run wrote nothing else there (it failed before training), the
+    lock file and the folders this run created go too."""
+
+    def __init__(self, folder, file, created):
+        self.folder, self.file, self.created = folder, file, created  # created: lock file and folders, deepest last
+
+    def close(self):
+        try:
+            if self.created and os.listdir(self.folder) == ["lock"]:
+                os.remove(os.path.join(self.folder, "lock"))  # still held: no other run takes it meanwhile
+                for path in reversed(self.created[1:]):
+                    os.rmdir(path)
+        except OSError:
+            pass  # only tidying
+        self.file.close()
+
+
+def claim_output(folder, requeue_wait_s=600, poll_s=15):
+    """OUTPUT for one run at a time: it must be a writable folder and not locked by another run (a POSIX lock,
+    released by the kernel when the holder ends and not inherited by loader workers); temporary files of killed
+    saves go. The lock file names its holder (host, pid, SLURM job). A requeued SLURM job (SLURM_RESTART_COUNT set)
+    waits up to requeue_wait_s for a lock that NFS or Lustre may still keep for its dead node (below the collective
+    timeout, as the other ranks wait meanwhile)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"--output {folder} is a file, not a folder: choose a folder for the run")
+    path, created, parent = os.path.join(folder, "lock"), [], os.path.abspath(folder)
+    while not os.path.exists(parent):
+        created, parent = [parent] + created, os.path.dirname(parent)
+    created = [path] + created if not os.path.exists(path) else []
     try:
         os.makedirs(folder, exist_ok=True)
-        lock = open(os.path.join(folder, "lock"), "w")
+        lock = OutputLock(folder, open(path, "a+"), created)  # "a+", not "w": that would erase the holder's name
     except OSError as error:
         raise UserError(f"cannot write to --output {folder}: {error.strerror}") from None
-    try:
-        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        if error.errno not in (errno.EACCES, errno.EAGAIN):
-            raise UserError(f"cannot lock --output {folder}/lock: {error.strerror}") from None
-        raise UserError(f"another run is using --output {folder} (it holds {folder}/lock): wait for it, stop it, "
-                        "or choose another --output") from None
+    requeued = os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
+    deadline = time.monotonic() + (requeue_wait_s if requeued else 0)
+    waited = False
+    while not try_lock(lock.file, folder):
+        lock.file.seek(0)
+        holder = " ".join(lock.file.read().split()) or "another process"
+        if time.monotonic() >= deadline:
+            lock.file.close()
+            raise UserError(f"another run is using --output {folder} ({holder} holds {folder}/lock"
+                            f"{f', still after {requeue_wait_s:g} s' if requeued else ''}): wait for it, stop it, or "
+                            "choose another --output") from None
+        if not waited:
+            warn(f"warning: {holder} holds {folder}/lock; a requeued job waits up to {requeue_wait_s:g} s for it "
+                 "(NFS and Lustre may keep a dead node's lock for a while)")
+        waited = True
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0)))
+    lock.file.seek(0)
+    lock.file.truncate()
+    job = os.environ.get("SLURM_JOB_ID")
+    lock.file.write(f"host {socket.gethostname()} pid {os.getpid()}{f' SLURM job {job}' if job else ''}\n")
+    lock.file.flush()
     for name in os.listdir(folder):
         if ".tmp-" in name:
             os.remove(os.path.join(folder, name))
     return lock
+
+
+def try_lock(file, folder):
+    """True if this process now holds the lock, or the file system has no locks (said once); False if another does."""
+    try:
+        fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as error:
+        if error.errno in NO_LOCKS:
+            warn(f"warning: --output {folder} is on a file system without POSIX locks "
+                 f"({errno.errorcode.get(error.errno, error.errno)}): nothing stops a second run from using it")
+            return True
+        if error.errno not in (errno.EACCES, errno.EAGAIN):
+            raise UserError(f"cannot lock --output {folder}/lock: {error.strerror}") from None
+        return False
 
 
 def save_checkpoint(obj, path):
@@ -170,8 +240,27 @@ def load_checkpoint(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"--resume: no such file {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"--resume {path} is a folder: give the checkpoint file (e.g. {path}/last.pt)") from None
     except Exception as error:  # a torn or foreign file: say which and why
-        raise UserError(f"--resume: cannot load {path}: {type(error).__name__}: {str(error)[:200]}") from None
+        raise UserError(f"--resume: cannot load {path}: {why_unloadable(path, error)}") from None
+
+
+def why_unloadable(path, error):
+    """One plain reason for torch.load's failure (its own messages run to paragraphs, with terminal colours)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return (f"it holds a pickled Python object ({found.group(1)}), not only tensors: train.py loads plain "
+                "state_dicts (torch.load with weights_only=True); save the object's state_dict() instead")
+    with open(path, "rb") as f:
+        head, size = f.read(4), os.fstat(f.fileno()).st_size
+    if head.startswith(b"PK"):
+        return (f"the file is truncated or corrupt ({size} bytes): a copy cut short? Copy it again, or use another "
+                "checkpoint")
+    if size == 0 or not head.startswith(b"\x80"):
+        return f"not a PyTorch checkpoint ({size} bytes)"
+    return f"{type(error).__name__}: {' '.join(text.split())[:200]}"
 
 
 def ignore_signals_not_from(main_pid, worker_id):
@@ -192,6 +281,88 @@ def ignore_signals_not_from(main_pid, worker_id):
                 os._exit(0)
 
     threading.Thread(target=wait_for_signals, daemon=True).start()
+
+
+class LoaderWorkerLost(Exception):
+    """A loader worker died (most often the out-of-memory killer's SIGKILL): the one line to say."""
+
+
+def loader_batches(loader, workers):
+    """iter(loader), raising a worker's death as LoaderWorkerLost from next(), where train.py can cut the step
+    cleanly. torch's SIGCHLD handler would raise it wherever the main process is (mid optimiser step, mid save), so
+    it goes; the loader then finds the dead worker itself within seconds, or a batch's shared memory fails to come
+    from it (a ConnectionError)."""
+    iterator = None
+    while True:
+        try:
+            if iterator is None:  # a persistent loader's iter() already waits for each worker
+                iterator = iter(loader)
+                handler = signal.getsignal(signal.SIGCHLD) if hasattr(signal, "SIGCHLD") else None
+                if getattr(handler, "__module__", "") == "torch.utils.data._utils.signal_handling":
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (RuntimeError, ConnectionError) as error:
+            message = loader_worker_lost(error, workers)
+            if message is None:
+                raise
+            raise LoaderWorkerLost(message) from None
+        yield batch
+
+
+def loader_worker_lost(error, workers):
+    """For the DataLoader's errors when a worker died, one line saying what most likely happened; else None."""
+    if isinstance(error, ConnectionError) and workers:  # only workers send tensors over a connection
+        what = f"a loader worker stopped answering ({type(error).__name__}: {error})"
+    elif isinstance(error, RuntimeError) and re.match(r"DataLoader worker \(pid", str(error)):
+        what = str(error).rstrip(". ")
+    else:
+        return None
+    return (f"{what}: most likely the out-of-memory killer (SIGKILL; `dmesg` or the job's log says); try fewer "
+            f"--workers (this run: {workers}) or more memory")
+
+
+@contextlib.contextmanager
+def loader_deaths_as_errors(workers):
+    """A loader worker killed outside training's step (validation): one line and exit 2, not a traceback."""
+    try:
+        yield
+    except (RuntimeError, ConnectionError) as error:
+        message = loader_worker_lost(error, workers)
+        if message is None:
+            raise
+        raise UserError(message, local=True) from None
+
+
+def state_like_params(optimizer):
+    """After optimizer.load_state_dict: each state tensor shaped like its parameter (momentum_buffer, exp_avg, ...)
+    takes the parameter's memory layout. load_state_dict keeps the saved strides, so a resume that changes
+    --channels-last (or --device) would hand fused SGD a buffer whose strides differ from its parameter's, which
+    CUDA's fused kernel refuses."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if key != "step" and torch.is_tensor(value) and value.shape == param.shape and \
+                    value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def weights_mismatch(model, state, name):
+    """Why `state` does not load into `model` (--model `name`), in one line (torch's lists every key)."""
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        return f"it is not a state_dict of tensors but a {type(state).__name__}"
+    own = model.state_dict()
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    if missing or unexpected:
+        return (f"these are not weights of --model {name}: {len(missing)} of its {len(own)} tensors missing"
+                f"{f' (e.g. {missing[0]})' if missing else ''}, {len(unexpected)} it lacks"
+                f"{f' (e.g. {unexpected[0]})' if unexpected else ''}; give the --model they were trained as")
+    for key in (k for k in own if own[k].shape != state[k].shape):
+        if key.startswith("fc."):
+            return (f"size mismatch for {key}: the weights score {state[key].shape[0]} classes, --data has "
+                    f"{own[key].shape[0]} class folders")
+        return f"size mismatch for {key}: {tuple(state[key].shape)} in the file, {tuple(own[key].shape)} in {name}"
+    return None
 
 
 def mix_seed(*values):
@@ -219,11 +390,17 @@ def report_problems(problems, seen):
     return fatal
 
 
-def check_finite(modules, step):
-    """Never save NaN/inf weights: a run that ends with them is a failure, not a result."""
+def check_finite(modules, step, d=None):
+    """Never save NaN/inf weights: a run that ends with them is a failure, not a result. BatchNorm statistics (and
+    their EMA) are each rank's own between epoch ends, so under DDP the ranks agree (one all-reduce, which every rank
+    makes wherever any does) and all exit together; a rank exiting alone would leave the others in a collective."""
     tensors = [x for m in modules for x in m.state_dict().values() if x.is_floating_point()]
-    if not torch.stack([x.isfinite().all() for x in tensors]).all():
-        raise UserError(f"the weights hold NaN/inf at step {step}: not saved. Try a lower --lr or --amp bf16", code=3)
+    finite = torch.stack([x.isfinite().all() for x in tensors]).all().float()
+    if d is not None and d.distributed:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if not finite.item():
+        raise UserError(f"the weights or their BatchNorm statistics hold NaN/inf at step {step}"
+                        f"{' on some process' if d is not None and d.distributed else ''}: not saved.", code=3)
 
 
 def resume_metrics(output, step, steps_per_epoch, best, d):

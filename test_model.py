@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -235,6 +236,115 @@ def test_soft_cross_entropy_weights_drop_samples_at_a_fixed_scale():
     weights = torch.tensor([1.0, 0.0, 1.0, 1.0])
     assert torch.allclose(augment.soft_cross_entropy(logits, targets, weights), (per_sample * weights).sum() / 4)
     assert torch.allclose(augment.soft_cross_entropy(logits, targets, torch.ones(4)), per_sample.mean())
+
+
+# ------------------------------------------------------------------------------- augment.py: on the device
+
+def photo_batch(n=6, size=(37, 45), seed=0):
+    """Photo-like uint8 images [n, 3, H, W] (smooth areas and edges, one nearly flat channel) and their PIL twins."""
+    g = torch.Generator().manual_seed(seed)
+    smooth = F.interpolate(torch.rand(n, 3, 6, 7, generator=g), size=size, mode="bicubic").clamp(0, 1)
+    images = (smooth * 200 + 30 * torch.rand(n, 3, *size, generator=g)).to(torch.uint8)
+    images[0, 2] = 77  # a flat channel: autocontrast and equalize leave it alone
+    return images, [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in images]
+
+
+def pil_to_uint8(image):
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
+def test_pointwise_ops_equal_pils_pixel_for_pixel():
+    """Each op against the PIL function timm and torchvision call, same image, same parameter: equal."""
+    from PIL import ImageEnhance, ImageOps
+    images, pil = photo_batch()
+
+    def solarize_add(image, add):  # timm's, a lookup table
+        return image.point([min(255, i + add) if i < 128 else i for i in range(256)] * 3)
+    cases = [(augment.auto_contrast, lambda im, _: ImageOps.autocontrast(im), [0]),
+             (augment.equalize, lambda im, _: ImageOps.equalize(im), [0]),
+             (augment.invert, lambda im, _: ImageOps.invert(im), [0]),
+             (augment.posterize, ImageOps.posterize, [1, 2, 4, 8]),
+             (augment.solarize, ImageOps.solarize, [0, 103, 128.5, 256]),
+             (augment.solarize_add, solarize_add, [0, 66, 110])]
+    cases += [(getattr(augment, name), lambda im, f, e=enhance: e(im).enhance(f), [0.1, 0.46, 1.0, 1.54, 1.9])
+              for name, enhance in (("color", ImageEnhance.Color), ("contrast", ImageEnhance.Contrast),
+                                    ("brightness", ImageEnhance.Brightness), ("sharpness", ImageEnhance.Sharpness))]
+    for ours, theirs, params in cases:
+        for p in params:
+            out = ours(images, torch.full((len(images),), p, dtype=torch.float64))
+            assert torch.equal(out, torch.stack([pil_to_uint8(theirs(im, p)) for im in pil])), (ours.__name__, p)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_geometric_ops_match_pils_within_interpolation(interpolation):
+    """PIL's rotate and affine transform (its pixel-centre convention and fill): bilinear within rounding (1 level);
+    bicubic within torch's kernel (a = -0.75) against PIL's (a = -0.5): 16/255 on real photos, 0.68 on average."""
+    images, pil = photo_batch()
+    resample = getattr(Image, interpolation.upper())
+    n, h, w = len(images), images.shape[2], images.shape[3]
+    for degrees in (-18.3, 30.0, 90.0):
+        matrix = augment.rotation_matrix(torch.full((n,), degrees), w, h)
+        theirs = torch.stack([pil_to_uint8(im.rotate(degrees, resample, fillcolor=augment.MEAN_FILL)) for im in pil])
+        diff = (augment.affine(images, matrix, augment.MEAN_FILL, interpolation).int() - theirs.int()).abs()
+        assert diff.max() <= 1 if interpolation == "bilinear" else diff.float().mean() < 1.0
+    for data_, matrix in (((1, 0.3, 0, 0, 1, 0), augment._shear(torch.full((n,), 0.3), 0)),
+                          ((1, 0, 0, -0.18, 1, 0), augment._shear(torch.full((n,), -0.18), 1)),
+                          ((1, 0, 12.6, 0, 1, 0), augment._shift(torch.full((n,), 12.6), 0))):
+        theirs = torch.stack([pil_to_uint8(im.transform(im.size, Image.AFFINE, data_, resample,
+                                                        fillcolor=augment.MEAN_FILL)) for im in pil])
+        diff = (augment.affine(images, matrix, augment.MEAN_FILL, interpolation).int() - theirs.int()).abs()
+        assert diff.max() <= 1 if interpolation == "bilinear" else diff.float().mean() < 1.0
+
+
+def test_rand_augment_levels_are_timms_rand_m6_mstd05_inc1():
+    """timm's _RAND_INCREASING_TRANSFORMS level functions, at magnitude 6 and 10, both signs."""
+    ra = augment.RandAugment()
+    m, sign = torch.tensor([6.0, 6.0, 10.0], dtype=torch.float64), torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)
+    table = dict(zip(ra.OPS, ra.table(m, sign, 160, 120)))
+    assert table["posterize"][1].tolist() == [2, 2, 0] and table["solarize"][1].tolist() == [103, 103, 0]
+    assert table["solarize_add"][1].tolist() == [66, 66, 110] and table["color"][1].tolist() == \
+        pytest.approx([1.54, 0.46, 1.9])
+    assert table["translate_x"][1][:, 2].tolist() == pytest.approx([0.27 * 160, -0.27 * 160, 0.45 * 160])
+    assert table["shear_y"][1][:, 3].tolist() == pytest.approx([0.18, -0.18, 0.3])
+    rotation = augment.rotation_matrix(torch.tensor([18.0, -18.0, 30.0]), 160, 120)
+    assert torch.allclose(table["rotate"][1], rotation) and ra.fill == (124, 116, 104)
+    assert len(ra.OPS) == 15 and ra.interpolation == "bicubic"
+
+
+def test_rand_augment_untouched_share_reproducible_and_off_the_host_rng():
+    """Each of 2 ops skipped with probability 0.5: about a quarter of images come out untouched (timm: 24% of 300
+    photos at 160 px; ours on the same photos in BENCHMARKS). Same generator seed, same batch; global RNG untouched."""
+    images, _ = photo_batch(400, (24, 24))
+    state = torch.get_rng_state()
+    out = augment.RandAugment()(images, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), state) and out.dtype == torch.uint8 and out.shape == images.shape
+    untouched = (out == images).flatten(1).all(1).float().mean()
+    assert 0.19 < untouched < 0.33
+    assert torch.equal(out, augment.RandAugment()(images, torch.Generator().manual_seed(1)))
+    assert not torch.equal(out, augment.RandAugment()(images, torch.Generator().manual_seed(2)))
+
+
+def test_trivial_augment_wide_ops_and_bins_are_torchvisions():
+    images, _ = photo_batch(280, (24, 24))
+    ta = augment.TrivialAugmentWide()
+    assert len(ta.OPS) == 14 and ta.num_bins == 31 and ta.fill == (0, 0, 0)
+    out = ta(images, torch.Generator().manual_seed(0))
+    untouched = (out == images).flatten(1).all(1).float().mean()  # identity, and zero-magnitude bins of the others
+    assert 1 / 14 <= untouched < 0.2 and out.dtype == torch.uint8
+    level = torch.arange(31)  # torchvision: 8 - (arange(31) / ((31 - 1) / 6)).round().int(): 8 bits down to 2
+    assert (8 - (level / 5).round()).tolist()[::5] == [8, 7, 6, 5, 4, 3, 2]
+
+
+def test_mixing_partner_is_never_a_copy_with_repeated_augmentation():
+    """V2's 4 copies of each image sit side by side in the step's order: the partner (i - shift) is another image
+    whatever the world size and accumulation."""
+    for world, accum, batch in ((1, 1, 16), (1, 2, 8), (2, 1, 8), (4, 1, 4), (8, 2, 4)):
+        shift = math.ceil(4 / (world * accum))
+        for rank in range(world):
+            sampler = data.GlobalBatchSampler(512, batch, rank, world, seed=0, reps=4, accum=accum)
+            items = [i for _, i, _ in sampler]
+            for micro in (items[k:k + batch] for k in range(0, len(items), batch)):
+                assert all(a != b for a, b in zip(micro, micro[-shift:] + micro[:-shift])), (world, accum)
 
 
 # --------------------------------------------------------------------------------------- lamb.py, BCE loss
@@ -936,6 +1046,25 @@ def test_torchrun_world_of_one_takes_the_ddp_path(tmp_path):
     assert result.returncode == 0 and "1 process(es) on cpu (DDP)" in result.stdout, result.stderr[-3000:]
 
 
+def test_accumulation_on_one_process_equals_two_processes(tmp_path):
+    """A global batch of 8 as 1 process x 2 micro-batches of 4 and as 2 processes x 1: the same images in the same
+    BatchNorm groups, the same device augmentation and mixing draws: the same weights, to float rounding."""
+    root = make_image_folder(tmp_path / "d", train_per_class=8)  # 16 images: 2 steps an epoch
+    common = ["--data", root, "--epochs", "1", "--recipe", "v2", "--batch-size", "4", "--global-batch", "8"] + TINY[8:]
+    one = subprocess.run([sys.executable, os.path.join(HERE, "train.py")] + common +
+                         ["--output", str(tmp_path / "one"), "--device", "cpu"], capture_output=True, text=True,
+                         env=ENV, timeout=300)
+    assert one.returncode == 0 and "global batch 8 = 4 x 2 micro-batches x 1" in one.stdout, one.stderr[-3000:]
+    two = subprocess.run(torchrun([os.path.join(HERE, "train.py")] + common + ["--output", str(tmp_path / "two")]),
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert two.returncode == 0 and "global batch 8 = 4 x 1 micro-batches x 2" in two.stdout, two.stderr[-3000:]
+    a, b = load(str(tmp_path / "one" / "last.pt")), load(str(tmp_path / "two" / "last.pt"))
+    assert a["step"] == b["step"] == 2
+    for key in a["model"]:  # BatchNorm's running statistics move once a forward: per micro-batch, unlike weights
+        if "running" not in key and "num_batches" not in key:
+            torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-5)
+
+
 def sigterm_at(cmd, line_start, group=False, delay=0.0):
     """Start cmd, send SIGTERM when a line starts with line_start (to the whole process group if group)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
@@ -1104,3 +1233,523 @@ def test_bench_jpeg_rows_on_cpu(tmp_path):
     rows = bench.bench_jpeg(args, torch.device("cpu"))
     assert [r["data"] for r in rows] == ["JPEG, 1 workers, loader alone", "JPEG, 1 workers"]
     assert all(float(r["img/s"]) > 0 for r in rows)
+
+
+# ---- data tools (issue 54)
+
+def run_data_tool(argv, capsys):
+    """data.main in this process: (exit code, stdout, stderr)."""
+    try:
+        data.main(argv)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_verify_names_truncated_and_text_files_and_counts_cmyk_grayscale_png_inside(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "d")  # per class: 1.JPEG grayscale, 2.png a PNG (named so)
+    truncated = os.path.join(root, "train", "a", "0.JPEG")
+    raw = open(truncated, "rb").read()
+    open(truncated, "wb").write(raw[:len(raw) // 2])  # what an interrupted copy leaves
+    text = os.path.join(root, "train", "b", "notes.JPEG")
+    open(text, "w").write("not an image")
+    Image.new("CMYK", (24, 16), (10, 20, 30, 40)).save(os.path.join(root, "train", "a", "cmyk.JPEG"))
+    Image.new("RGB", (24, 16)).save(os.path.join(root, "val", "a", "png.JPEG"), format="PNG")  # as in ImageNet
+    open(os.path.join(root, "train", "a", "._1.JPEG"), "wb").write(b"\0\5\26\7 AppleDouble")  # hidden: not data
+    code, out, err = run_data_tool(["verify", root], capsys)
+    assert code == 2 and err.strip().endswith("files cannot be read (listed above): training skips them, up to "
+                                              "--max-unreadable; remove or replace them")
+    assert "train: 14 files in 2 classes, 2 unreadable, 1 CMYK, 2 grayscale, 0 not JPEG inside" in out
+    assert "val: 7 files in 2 classes, 0 unreadable, 0 CMYK, 2 grayscale, 1 not JPEG inside" in out
+    unreadable = [line for line in out.splitlines() if line.startswith("unreadable:")]
+    assert len(unreadable) == 2 and truncated in unreadable[0] and "truncated" in unreadable[0]
+    assert text in unreadable[1] and "cannot identify image file" in unreadable[1]
+    assert "verify: 21/21 files" in err and "ETA 0:00:00" in err
+    # verify's 1/8-scale decode fails where both loaders do: the training crop and validation's full decode
+    assert data.ImageList([(truncated, 0)], data.RandomResizedCropFlip(32))[0][2][0] == "unreadable"
+    with pytest.raises(data.Unreadable, match="truncated"):
+        data.val_transform(36, 32)(open(truncated, "rb").read())
+    for path in (truncated, text):
+        os.remove(path)
+    assert run_data_tool(["verify", root], capsys)[0] == 0
+
+
+def flat_val(folder, count):
+    os.makedirs(folder)
+    for i in range(1, count + 1):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(os.path.join(folder, f"ILSVRC2012_val_{i:08d}.JPEG"))
+    open(os.path.join(folder, ".DS_Store"), "wb").write(b"Bud1")
+    return str(folder)
+
+
+def tree(folder):
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+def test_sort_val_from_kaggle_csv_checks_every_label_first_and_runs_once(tmp_path, capsys):
+    val, labels = flat_val(tmp_path / "val", 4), tmp_path / "LOC_val_solution.csv"
+    rows = ["ILSVRC2012_val_00000001,n01440764 1 2 30 40 n01440764 5 6 7 8",  # the wnid, then boxes
+            "ILSVRC2012_val_00000002,n02102040 1 2 3 4", "ILSVRC2012_val_00000003,n01440764 9 9 20 20"]
+    labels.write_text("\n".join(["ImageId,PredictionString"] + rows) + "\n")
+    before = tree(val)
+    code, _, err = run_data_tool(["sort-val", val, "--labels", os.path.join(val, ".DS_Store")], capsys)
+    assert code == 2 and err.startswith("error: ") and "LOC_val_solution.csv" in err and err.count("\n") == 1
+    code, _, err = run_data_tool(["sort-val", val, "--labels", str(labels)], capsys)
+    assert code == 2 and "1 of 4 images" in err and "ILSVRC2012_val_00000004.JPEG" in err and "nothing moved" in err
+    assert tree(val) == before
+    labels.write_text("\n".join(["ImageId,PredictionString"] + rows + ["ILSVRC2012_val_00000004,n02102040 1 1 2 2"]))
+    code, out, _ = run_data_tool(["sort-val", val, "--labels", str(labels)], capsys)
+    assert code == 0 and "moved 4 images into 2 class folders" in out
+    after = tree(val)
+    assert after == [".DS_Store", "n01440764/ILSVRC2012_val_00000001.JPEG", "n01440764/ILSVRC2012_val_00000003.JPEG",
+                     "n02102040/ILSVRC2012_val_00000002.JPEG", "n02102040/ILSVRC2012_val_00000004.JPEG"]
+    code, out, _ = run_data_tool(["sort-val", val, "--labels", str(labels)], capsys)
+    assert code == 0 and "already sorted" in out and tree(val) == after
+
+
+def test_sort_val_from_the_devkit_archive_and_without_scipy(tmp_path, capsys, monkeypatch):
+    import tarfile
+    val, devkit = flat_val(tmp_path / "val", 3), str(tmp_path / "ILSVRC2012_devkit_t12.tar.gz")
+
+    def add(tar, name, payload):
+        info = tarfile.TarInfo(f"ILSVRC2012_devkit_t12/data/{name}")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+
+    with monkeypatch.context() as m:  # no scipy: one line saying how to get it, nothing moved
+        m.setitem(sys.modules, "scipy.io", None)
+        with tarfile.open(devkit, "w:gz") as tar:
+            add(tar, "ILSVRC2012_validation_ground_truth.txt", b"2\n1\n2\n")
+        code, _, err = run_data_tool(["sort-val", val, "--labels", devkit], capsys)
+        assert code == 2 and err == "error: the devkit's meta.mat needs scipy: pip install scipy (or use Kaggle's " \
+                                    "LOC_val_solution.csv)\n" and len(tree(val)) == 4
+    scipy_io = pytest.importorskip("scipy.io")
+    import numpy
+    synsets = numpy.array([(1, "n01440764"), (2, "n02102040"), (1001, "n00001740")],  # 1001+: not a leaf, never a label
+                          dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O")])
+    meta = io.BytesIO()
+    scipy_io.savemat(meta, {"synsets": synsets})
+    with tarfile.open(devkit, "w:gz") as tar:
+        add(tar, "meta.mat", meta.getvalue())
+        add(tar, "ILSVRC2012_validation_ground_truth.txt", b"2\n1\n2\n")
+    code, out, _ = run_data_tool(["sort-val", val, "--labels", devkit], capsys)
+    assert code == 0 and "moved 3 images into 2 class folders" in out
+    assert tree(val) == [".DS_Store", "n01440764/ILSVRC2012_val_00000002.JPEG",
+                         "n02102040/ILSVRC2012_val_00000001.JPEG", "n02102040/ILSVRC2012_val_00000003.JPEG"]
+
+
+def test_hidden_files_and_folders_are_not_data_and_nested_images_are_counted_once(tmp_path, capsys, monkeypatch):
+    root = make_image_folder(tmp_path / "d")
+    junk = {"train/.ipynb_checkpoints/0.JPEG": b"", "train/a/._0.JPEG": b"\0\5\26\7", "train/a/.DS_Store": b"Bud1",
+            "val/.DS_Store": b"Bud1", "train/a/.cache/0.JPEG": b"", "train/a/extra/x.JPEG": b"",
+            "train/a/extra/deeper/y.png": b"", "train/b/more/z.JPEG": b"", "train/b/more/._z.JPEG": b""}
+    for name, payload in junk.items():
+        os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+        open(os.path.join(root, name), "wb").write(payload)
+    classes, train_samples, val_samples = data.scan_dataset(root)
+    assert classes == ["a", "b"] and len(train_samples) == 12 and len(val_samples) == 6
+    assert not [p for p, _ in train_samples + val_samples if "/." in p]
+    err = capsys.readouterr().err
+    assert err == f"note: 3 images in subfolders of class folders in {root}/train are not read (only " \
+                  f"{root}/train/<class>/<image>)\n"
+    monkeypatch.setenv("RANK", "1")  # under torchrun only rank 0 says it
+    data.scan_dataset(root)
+    assert capsys.readouterr().err == ""
+    code, out, _ = run_data_tool([root], capsys)  # `python data.py DATA` still counts; a bad folder exits 2
+    assert code == 0 and out == f"{root}: 2 classes, 12 train images, 6 val images\n"
+    code, _, err = run_data_tool([str(tmp_path / "nope")], capsys)
+    assert code == 2 and err == f"error: --data folder not found: {tmp_path / 'nope'}\n"
+
+
+# ---- issue 53: the real path, second pass (GPU- and cluster-only paths as unit tests of their guards)
+
+FAST = TINY + ["--model", "resnet18", "--no-ema"]  # the same tiny set-up, a smaller model where the model is no point
+
+
+def i53_run(args, tmp_path, name="out"):
+    """train.main in this process: (exit code, the run's folder)."""
+    try:
+        run_train(args, tmp_path, name)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    return code, str(tmp_path / name)
+
+
+def test_i53_resumed_optimizer_state_takes_each_parameters_layout():
+    """Item 1: load_state_dict keeps a momentum buffer's saved strides, and CUDA's fused SGD refuses buffers whose
+    strides differ from the parameter's (only a GPU shows the error: here, the layouts, and that the step is the
+    same as the unfused one's)."""
+    import copy
+    torch.manual_seed(0)
+    saved = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)  # trained with --channels-last
+    opt = torch.optim.SGD(saved.parameters(), lr=0.1, momentum=0.9)
+    saved(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    state, x = opt.state_dict(), torch.randn(2, 3, 8, 8)
+    weights, layouts = [], []
+    for fused, fix in ((False, False), (True, False), (True, True)):  # resumed with --no-channels-last
+        conv = torch.nn.Conv2d(3, 8, 3)
+        conv.load_state_dict(saved.state_dict())
+        resumed = torch.optim.SGD(conv.parameters(), lr=0.1, momentum=0.9, fused=fused)
+        resumed.load_state_dict(copy.deepcopy(state))  # its tensors themselves would be stepped in place
+        if fix:
+            runtime.state_like_params(resumed)
+        layouts.append(resumed.state[conv.weight]["momentum_buffer"].stride() == conv.weight.stride())
+        conv(x).sum().backward()
+        resumed.step()
+        weights.append(conv.weight.detach().clone())
+    assert layouts == [False, False, True] and torch.allclose(weights[0], weights[2])
+
+
+def test_i53_resume_that_changes_channels_last_restores_buffers_in_the_new_layout(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "d")
+    common = ["--data", root, "--epochs", "1"] + FAST
+    assert i53_run(common + ["--channels-last", "--max-steps", "1"], tmp_path)[0] == 0
+    layouts, original = [], train.restore
+
+    def restore(args, t, ckpt):
+        original(args, t, ckpt)
+        layouts.extend(t.optimizer.state[p]["momentum_buffer"].stride() == p.stride() for p in t.raw.parameters())
+    monkeypatch.setattr(train, "restore", restore)
+    code, out = i53_run(common + ["--no-channels-last", "--resume", "auto", "--max-steps", "2"], tmp_path)
+    assert code == 0 and len(layouts) == len(list(model.resnet18().parameters())) and all(layouts)
+
+
+HOLD_LOCK = """
+import sys, time
+sys.path.insert(0, {here!r})
+import runtime
+lock = runtime.claim_output(sys.argv[1])
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_output(tmp_path, folder, seconds, env=None):
+    script = tmp_path / "hold_lock.py"
+    script.write_text(HOLD_LOCK.format(here=HERE))
+    holder = subprocess.Popen([sys.executable, str(script), folder, str(seconds)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, **(env or {})})
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_i53_output_lock_names_its_holder_and_a_requeued_job_waits_for_it(tmp_path, monkeypatch, capsys):
+    """Item 2: the refusal names host, pid and SLURM job; a requeued job (SLURM_RESTART_COUNT) waits and retries."""
+    import socket
+    folder = str(tmp_path / "out")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    holder = hold_output(tmp_path, folder, 600, {"SLURM_JOB_ID": "4242"})
+    try:
+        with pytest.raises(runtime.UserError) as refused:
+            runtime.claim_output(folder)
+        assert f"host {socket.gethostname()} pid {holder.pid} SLURM job 4242 holds" in str(refused.value)
+        assert "another run is using --output" in str(refused.value)
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued: waits, then still refuses, naming the wait
+        tick = time.monotonic()
+        with pytest.raises(runtime.UserError, match="still after 0.6 s"):
+            runtime.claim_output(folder, requeue_wait_s=0.6, poll_s=0.2)
+        assert time.monotonic() - tick >= 0.6 and "a requeued job waits up to 0.6 s" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = hold_output(tmp_path, folder, 1.5)  # freed while the requeued job waits: it goes on
+    lock = runtime.claim_output(folder, requeue_wait_s=60, poll_s=0.2)
+    holder.wait()
+    assert open(os.path.join(folder, "lock")).read() == f"host {socket.gethostname()} pid {os.getpid()}\n"
+    lock.close()
+
+
+def test_i53_output_on_a_file_system_without_locks_goes_on_with_a_warning(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")  # NFS without its lock manager; Lustre noflock: ENOSYS
+    monkeypatch.setattr(runtime.fcntl, "lockf", no_locks)
+    lock = runtime.claim_output(str(tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning: --output" in err and "without POSIX locks (ENOLCK)" in err
+    lock.close()
+    monkeypatch.setattr(runtime.fcntl, "lockf", lambda *args: (_ for _ in ()).throw(OSError(errno.EBADF, "Bad fd")))
+    with pytest.raises(runtime.UserError, match="cannot lock --output"):  # any other error still stops
+        runtime.claim_output(str(tmp_path / "out2"))
+
+
+def test_i53_nan_on_one_rank_stops_every_rank_together(monkeypatch):
+    """Item 3: check_finite makes one all-reduce on every rank, so a rank whose (EMA) BatchNorm statistics went NaN
+    and the ranks whose did not exit together, rather than one alone."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    d, calls = runtime.Dist(0, 2, torch.device("cpu"), True), []
+
+    def other_rank_has_nan(tensor, op):
+        calls.append(op)
+        tensor.fill_(0.0)  # MIN with the other rank's 0
+    monkeypatch.setattr(runtime.dist, "all_reduce", other_rank_has_nan)
+    with pytest.raises(runtime.UserError) as error:
+        runtime.check_finite([net], 5, d)  # this rank's weights are finite
+    assert error.value.code == 3 and calls == [runtime.dist.ReduceOp.MIN]
+    monkeypatch.setattr(runtime.dist, "all_reduce", lambda tensor, op: calls.append(op))
+    net[1].running_var.fill_(float("nan"))  # this rank's own: it still joins the all-reduce before it raises
+    with pytest.raises(runtime.UserError):
+        runtime.check_finite([net], 5, d)
+    assert len(calls) == 2
+
+
+def test_i53_process_group_timeout_covers_the_longest_save(monkeypatch):
+    """Item 4: the other ranks wait in a collective while rank 0 saves: NCCL's default 10 minutes is too short."""
+    import datetime
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr(runtime.dist, "init_process_group", lambda backend, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(runtime.dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(runtime.dist, "get_world_size", lambda: 1)
+    assert runtime.setup_distributed("cpu").distributed
+    assert seen["timeout"] >= datetime.timedelta(minutes=30)
+
+
+@pytest.mark.parametrize("device, flags, says", [
+    ("cuda", ["--sync-bn", "--compile"], "--compile with --sync-bn"),
+    ("cpu", ["--sync-bn"], "--sync-bn needs CUDA GPUs")])
+def test_i53_sync_bn_pairs_that_cannot_run_are_refused(device, flags, says):
+    """Items 6 and 8 as units: under DDP only (one process ignores --sync-bn)."""
+    args = train.config.get_args(["--data", "x"] + flags)
+    train.config.check_platform(args, device, distributed=False)
+    with pytest.raises(runtime.UserError, match=says):
+        train.config.check_platform(args, device, distributed=True)
+    train.config.check_platform(train.config.get_args(["--data", "x", "--compile"]), "cuda", distributed=True)
+
+
+def test_i53_sync_bn_on_cpu_under_torchrun_is_one_line(tmp_path):
+    """Item 8 as users meet it: before, a traceback from DDP's constructor on every rank."""
+    root = make_image_folder(tmp_path / "d")
+    cmd = torchrun([os.path.join(HERE, "train.py"), "--data", root, "--epochs", "1", "--sync-bn", "--output",
+                    str(tmp_path / "out")] + FAST, nproc=1)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode != 0 and "error: --sync-bn needs CUDA GPUs" in result.stderr, result.stderr[-3000:]
+    assert f'File "{HERE}' not in result.stderr and not (tmp_path / "out").exists()
+
+
+SLOW_WORKERS = """
+import sys, time
+sys.path.insert(0, {here!r})
+import data, train
+crop = data.RandomResizedCropFlip.__call__
+def slow_crop(self, raw):  # the main process waits for data: a killed worker still owes batches
+    time.sleep(0.15)
+    return crop(self, raw)
+data.RandomResizedCropFlip.__call__ = slow_crop
+train.main(sys.argv[1:])
+"""
+
+
+def test_i53_killed_loader_worker_saves_the_position_and_resume_is_exact(tmp_path):
+    """Item 9: SIGKILL to a loader worker (the OOM killer's way) mid-epoch: one line naming the likely cause and
+    --workers, last.pt at the last step done, exit 2; --resume auto then ends bit-identical to a run without it."""
+    root = make_image_folder(tmp_path / "d", train_per_class=20)  # 40 images: 10 steps
+    script = tmp_path / "slow_workers.py"
+    script.write_text(SLOW_WORKERS.format(here=HERE))
+    common = [sys.executable, str(script), "--data", root, "--epochs", "1"] + FAST + ["--workers", "2",
+                                                                                       "--log-every", "1"]
+    full = subprocess.run(common + ["--output", str(tmp_path / "full")], capture_output=True, text=True, env=ENV,
+                          timeout=300)
+    assert full.returncode == 0, full.stderr[-3000:]
+    proc = subprocess.Popen(common + ["--output", str(tmp_path / "part")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    for line in proc.stdout:
+        if line.startswith("epoch 1/1 step 2/10"):
+            workers = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
+            assert len(workers) == 2
+            os.kill(int(workers[0]), signal.SIGKILL)
+            break
+    out, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith((f"error: DataLoader worker (pid(s) {workers[0]}) exited unexpectedly",
+                                "error: a loader worker stopped answering (ConnectionResetError"))  # as it lands
+    assert "try fewer --workers (this run: 2)" in lines[0]
+    assert "out-of-memory" in lines[0] and lines[0].endswith("--workers 1 --resume auto")
+    part = load(str(tmp_path / "part" / "last.pt"))
+    assert 2 <= part["step"] < 10 and f"at step {part['step']}" in lines[0]
+    resumed = subprocess.run(common + ["--output", str(tmp_path / "part"), "--resume", "auto"],
+                             capture_output=True, text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = load(str(tmp_path / "full" / "last.pt")), load(str(tmp_path / "part" / "last.pt"))
+    assert a["step"] == b["step"] == 10 and same_weights(a, b)
+
+
+def test_i53_loader_worker_errors_are_recognised_and_others_are_not():
+    assert runtime.loader_worker_lost(RuntimeError("DataLoader worker (pid 7) is killed by signal: Killed. "), 4) \
+        .startswith("DataLoader worker (pid 7) is killed by signal: Killed: most likely the out-of-memory killer")
+    assert runtime.loader_worker_lost(RuntimeError("CUDA out of memory"), 4) is None
+    assert "stopped answering (ConnectionResetError" in runtime.loader_worker_lost(ConnectionResetError(104, "x"), 2)
+    assert runtime.loader_worker_lost(ConnectionResetError(104, "x"), 0) is None  # no workers: not theirs
+    with pytest.raises(runtime.UserError, match="try fewer --workers"):  # validation's loader: one line too
+        with runtime.loader_deaths_as_errors(4):
+            raise RuntimeError("DataLoader worker (pid(s) 7) exited unexpectedly")
+    with pytest.raises(ValueError):
+        with runtime.loader_deaths_as_errors(4):
+            raise ValueError("a bug stays a traceback")
+
+
+def test_i53_files_deleted_after_the_scan_stop_after_saving(tmp_path, capsys, monkeypatch):
+    """Item 10: an I/O error stops the run as a data error, saved first; it is not counted as unreadable (which made
+    --max-unreadable raise before the save)."""
+    root = make_image_folder(tmp_path / "d")
+    victim, scan = os.path.join(root, "train", "a", "3.JPEG"), data.scan_dataset
+
+    def scan_then_delete(*args, **kwargs):
+        found = scan(*args, **kwargs)
+        os.remove(victim)
+        return found
+    monkeypatch.setattr(data, "scan_dataset", scan_then_delete)
+    code, out = i53_run(["--data", root, "--epochs", "1"] + FAST, tmp_path)  # --max-unreadable 0.01: 1 of 12 is more
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot read {victim}" in err and "more than --max-unreadable" not in err
+    assert "stopped on a data error (the line above); saved" in err and os.path.exists(os.path.join(out, "last.pt"))
+
+
+def test_i53_too_many_unreadable_saves_first_and_counts_in_whole_numbers(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "d")
+    break_file(os.path.join(root, "train", "a", "0.JPEG"))
+    open(os.path.join(root, "train", "a", "3.JPEG"), "wb").write(b"no image at all")
+    code, out = i53_run(["--data", root, "--epochs", "1", "--max-unreadable", "0.1"] + FAST, tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: 2 training images of 12 unreadable in this epoch, more than "
+                                            "--max-unreadable 0.1: check the data (the warnings above); saved")
+    assert all(line.startswith("warning: skipping unreadable image") for line in err[:-1])
+    assert "3.JPEG (UnidentifiedImageError: cannot identify image file: not an image PIL reads)" in " ".join(err)
+    assert "BytesIO" not in " ".join(err) and load(os.path.join(out, "last.pt"))["step"] >= 1
+
+
+def test_i53_eval_only_on_synthetic_data_is_one_line(tmp_path, capsys):
+    """Item 12."""
+    torch.save(model.resnet18(num_classes=1000).state_dict(), tmp_path / "model.pt")
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--data", "synthetic", "--eval-only", "--resume", str(tmp_path / "model.pt"), "--workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "--data synthetic has no validation images" in err[0]
+
+
+def test_i53_val_has_the_same_unreadable_limit_as_training(tmp_path, capsys):
+    """Item 14: half of val unreadable stopped nothing; best.pt was picked on the other half."""
+    root = make_image_folder(tmp_path / "d")
+    for c in ("a", "b"):
+        break_file(os.path.join(root, "val", c, "0.JPEG"))  # 2 of 6
+    code, out = i53_run(["--data", root, "--epochs", "1", "--max-unreadable", "0.2"] + FAST, tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2 and "error: 2 of 6 validation images unreadable, more than --max-unreadable 0.2" in err
+    assert os.path.exists(os.path.join(out, "last.pt")) and not os.path.exists(os.path.join(out, "best.pt"))
+    assert open(os.path.join(out, "metrics.jsonl")).read() == ""  # the epoch is not done: a resume validates it
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--data", root, "--eval-only", "--resume", os.path.join(out, "last.pt")] + FAST)
+    assert stop.value.code == 2 and "2 of 6 validation images unreadable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["workers", "output_file", "recipe_limit", "no_data", "truncated", "pickled", "text",
+                                  "other_model", "other_classes"])
+def test_i53_messages_say_what_is_wrong_in_one_line(tmp_path, capsys, case):
+    """Item 15: each of these printed something misleading (a wrong CPU count, 'File exists', 'Invalid argument',
+    colour codes, a 300-character key dump); now one line that names the cause, exit 2."""
+    root = make_image_folder(tmp_path / "d")
+    (tmp_path / "file").write_text("not a folder")
+    good = tmp_path / "good.pt"
+    if case in ("truncated", "pickled", "text", "other_model", "other_classes"):
+        torch.save(model.resnet18(num_classes=2).state_dict(), good)
+    weights = {"truncated": tmp_path / "cut.pt", "pickled": tmp_path / "module.pt", "text": tmp_path / "notes.pt",
+               "other_model": good, "other_classes": good}.get(case)
+    if case == "truncated":
+        weights.write_bytes(good.read_bytes()[:-100])  # a copy cut short
+    elif case == "pickled":
+        torch.save(torch.nn.Linear(2, 2), weights)
+    elif case == "text":
+        weights.write_text("hello\n")
+    elif case == "other_classes":
+        shutil.copytree(root + "/val/b", root + "/val/c")
+    extra = {"workers": ["--workers", "-1"], "output_file": ["--output", str(tmp_path / "file")],
+             "no_data": ["--data", str(tmp_path / "nope")],
+             "other_model": ["--model", "resnet50"], "other_classes": ["--model", "resnet18"]}.get(case, [])
+    args = ["--data", root] + TINY + ["--output", str(tmp_path / "out" / "run")] + extra
+    if case == "recipe_limit":  # TINY gives --warmup-epochs: here it is the recipe's
+        args = ["--data", root, "--recipe", "nette5", "--epochs", "1"]
+    if weights is not None:
+        args += ["--eval-only", "--resume", str(weights)]
+    with pytest.raises(SystemExit) as stop:
+        train.main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "\x1b" not in err[0] and len(err[0]) < 300, err
+    expected = {"workers": "--workers must not be negative, got -1", "output_file": "is a file, not a folder",
+                "recipe_limit": "--warmup-epochs 2 (from --recipe nette5) exceeds --epochs 1",
+                "no_data": "--data folder not found",
+                "truncated": "the file is truncated or corrupt", "pickled": "pickled Python object "
+                "(torch.nn.modules.linear.Linear)", "text": "not a PyTorch checkpoint (6 bytes)",
+                "other_model": "these are not weights of --model resnet50: ",
+                "other_classes": "size mismatch for fc.weight: the weights score 2 classes, --data has 3"}[case]
+    assert expected in err[0], err[0]
+    assert not (tmp_path / "out").exists()  # a run that fails before training leaves no folders (nor lock) behind
+
+
+def test_i53_max_steps_stop_prints_a_command_that_continues(tmp_path, capsys):
+    """Item 16: 'the same command plus --resume auto' stopped again at once at --max-steps."""
+    import shlex
+    root = make_image_folder(tmp_path / "d")
+    assert i53_run(["--data", root, "--epochs", "1", "--max-steps", "1"] + FAST, tmp_path)[0] == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("stopped at --max-steps 1")][0]
+    words = shlex.split(line.split("continue with: ")[1])
+    assert words[:2] == ["python", "train.py"] and "--max-steps" not in words and words[-2:] == ["--resume", "auto"]
+    metrics = train.main(words[2:])
+    assert metrics["epoch"] == 1 and load(str(tmp_path / "out" / "last.pt"))["step"] == 3
+
+
+def test_i53_divergence_prints_a_fresh_run_that_is_accepted(tmp_path, capsys):
+    """Item 16: after exit 3, 'Try a lower --lr' could not be followed (resume refuses a new --lr, a fresh run the
+    folder). Now the line holds a command that starts over with half the --lr in a new folder, the checkpoint's
+    recipe written out."""
+    import shlex
+    root = make_image_folder(tmp_path / "d")
+    _, out = i53_run(["--data", root, "--epochs", "3", "--max-steps", "2"] + FAST, tmp_path)
+    checkpoint = load(os.path.join(out, "last.pt"))
+    checkpoint["config"]["lr"] = 1e30  # the same run, made to diverge
+    runtime.save_checkpoint(checkpoint, os.path.join(out, "last.pt"))
+    code, _ = i53_run(["--data", root, "--resume", "auto", "--workers", "0", "--log-every", "1"], tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1 and "A resumed run keeps its --lr" in err[0]
+    words = shlex.split(err[0].split("`")[1])
+    assert "--resume" not in words and words[words.index("--lr") + 1] == "5e+29"
+    assert words[words.index("--output") + 1] == out + "-lr5e+29" and words[words.index("--epochs") + 1] == "3"
+    assert "--no-ema" in words and words[words.index("--model") + 1] == "resnet18"
+    code, fresh = i53_run(words[2:-2] + ["--max-steps", "2"], tmp_path, "out-lr5e+29")
+    err = capsys.readouterr().err
+    assert code in (0, 3) and os.path.isdir(fresh) and "differs from" not in err  # it trains (and may diverge again)
+
+
+STOP_IN_VALIDATION = """
+import sys, time
+sys.path.insert(0, {here!r})
+import data, train
+to_device = data.to_device_normalized
+def slow(*args):  # only validation uses it: each val batch takes a second
+    print("validating", flush=True)
+    time.sleep(1)
+    return to_device(*args)
+data.to_device_normalized = slow
+train.main(sys.argv[1:])
+"""
+
+
+def test_i53_stop_signal_during_validation_exits_within_seconds(tmp_path):
+    """Item 17: the epoch is saved before validation; a stop then ends it at the next batch, with no training step
+    after it, and the resumed run validates that epoch."""
+    root = make_image_folder(tmp_path / "d", val_per_class=20)  # 40 val images: 10 batches, 10 s
+    script = tmp_path / "stop_in_validation.py"
+    script.write_text(STOP_IN_VALIDATION.format(here=HERE))
+    args = ["--data", root, "--epochs", "2", "--output", str(tmp_path / "out")] + FAST
+    tick = time.monotonic()
+    code, output = sigterm_at([sys.executable, str(script)] + args, "validating")
+    assert code == 128 + signal.SIGTERM and "stopped by signal 15; saved" in output, output
+    assert time.monotonic() - tick < 60 and output.count("validating") <= 2 and "epoch 2/2" not in output
+    assert load(str(tmp_path / "out" / "last.pt"))["step"] == 3
+    metrics, out = run_train(["--data", root, "--epochs", "2"] + FAST + ["--resume", "auto"], tmp_path)
+    assert [json.loads(line)["epoch"] for line in open(os.path.join(out, "metrics.jsonl"))] == [1, 2]

@@ -36,6 +36,7 @@ import demo
 import init
 import lamb
 import model as models
+import runtime
 from runtime import (StopRequested, UserError, Vote, agree_on_error, agree_on_step, amp_default, broadcast_buffers,
                      check_finite, claim_output, load_checkpoint, log, mix_seed, report_problems, resolve_resume,
                      resume_metrics, save_checkpoint, setup_distributed, share)
@@ -48,6 +49,7 @@ def build(args, d):
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt is not None:
         config.apply_contract(args, ckpt, d.world)
+    config.check_platform(args, d.device.type, d.distributed)
     if not args.eval_only:
         config.split_batch(args, d.world)
     if args.data == "synthetic":
@@ -132,6 +134,7 @@ def build_trainer(args, d, num_classes, steps_per_epoch):
     shift = math.ceil(args.ra_reps / (d.world * accum))
     mixer = augment.MixupCutmix(num_classes, args.mixup, args.cutmix, 0.5, args.label_smoothing, torch.Generator(),
                                 shift)
+    # fp16 with LAMB: the scaler's step reads found_inf on the host, a sync each step (CUDA's fused SGD avoids it).
     scaler = torch.amp.GradScaler(d.device.type, enabled=args.amp == "fp16")
     return Trainer(raw, raw, ema, optimizer, scaler, mixer, data.device_augment(args), accum, steps_per_epoch, total,
                    round(args.warmup_epochs * steps_per_epoch), peak_lr)
@@ -144,20 +147,21 @@ def restore(args, t, ckpt):
         if t.ema is not None and ckpt.get("ema") is not None:
             t.ema.module.load_state_dict(ckpt["ema"])
     except (RuntimeError, AttributeError, TypeError) as error:
-        raise UserError(f"--resume {args.resume}: weights do not fit --model {args.model} "
-                        f"({' '.join(str(error).split())[:300]})") from None
+        why = runtime.weights_mismatch(t.raw, ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt, args.model)
+        raise UserError(f"--resume {args.resume}: {why or ' '.join(str(error).split())[:200]}") from None
     if args.eval_only:  # config.apply_contract built an EMA only if the checkpoint has one
         return
     t.optimizer.load_state_dict(ckpt["optimizer"])
+    runtime.state_like_params(t.optimizer)  # fused SGD needs each buffer in its parameter's layout
     if t.scaler.is_enabled() and ckpt["scaler"]:
         t.scaler.load_state_dict(ckpt["scaler"])
     t.step, t.best = ckpt["samples"] // t.config["global_batch"], ckpt["best_top1"]
     t.epoch_totals = tuple(ckpt["epoch_totals"])
 
 
-def save_last(args, d, t):
+def save_last(args, d, t, writer=0):
     """last.pt at the current step (rank 0 writes; every rank has the same weights)."""
-    if d.rank == 0:
+    if d.rank == writer:
         save_checkpoint({"format": 3, "model": t.raw.state_dict(), "ema": t.ema.module.state_dict() if t.ema else None,
                          "optimizer": t.optimizer.state_dict(), "scaler": t.scaler.state_dict(), "step": t.step,
                          "samples": t.step * t.config["global_batch"], "epoch": t.step // t.steps_per_epoch,
@@ -218,8 +222,7 @@ def read_window(args, d, t, window):
     loss, steps, bad, good = totals.tolist()
     if not math.isfinite(loss):
         raise UserError(f"loss is {loss} at step {t.step} (lr {t.optimizer.param_groups[0]['lr']:.4g}); nothing was "
-                        f"saved after the last good checkpoint in {args.output}. Try a lower --lr, a longer "
-                        "--warmup-epochs, or --amp bf16/off instead of fp16.", code=3)
+                        f"saved after the last good checkpoint in {args.output}.", code=3)
     return loss, steps, bad, good
 
 
@@ -233,12 +236,16 @@ def train_epoch(args, d, t, loader, stop, seen):
     before = total[1], total[3]  # steps and images of this epoch done before a restart: not in this run's timing
     window = [torch.zeros((), device=d.device), 0, 0, 0]
     start = window_start = last_save = time.perf_counter()
-    wait, batches = 0.0, iter(loader)
+    wait, batches, reason = 0.0, runtime.loader_batches(loader, args.workers), None
     while True:
-        loss, count, good, problems, waited = train_step(args, d, t, batches)
+        try:
+            loss, count, good, problems, waited = train_step(args, d, t, batches)
+        except runtime.LoaderWorkerLost as lost:  # save the last step done, then stop
+            raise save_after_lost_worker(args, d, t, lost, window, total) from None
         wait += waited
         fatal = report_problems(problems, seen) or fatal
-        window = [window[0] + loss, window[1] + 1, window[2] + count - good, window[3] + good]
+        unreadable = sum(kind == "unreadable" for kind, _ in problems)  # not I/O errors: they stop the run at once
+        window = [window[0] + loss, window[1] + 1, window[2] + unreadable, window[3] + good]
         save_due = args.save_every_min and d.rank == 0 and time.perf_counter() - last_save > args.save_every_min * 60
         flags = vote(stop.signum, fatal, save_due)
         if t.step == end:  # the last step's own vote too
@@ -247,9 +254,9 @@ def train_epoch(args, d, t, loader, stop, seen):
             w = read_window(args, d, t, window)
             total = [a + b for a, b in zip(total, w)]
             t.epoch_totals = tuple(total)  # what a checkpoint of this step keeps
-            if total[2] > args.max_unreadable * len(loader.dataset):
-                raise UserError(f"{total[2]} training images of {len(loader.dataset)} unreadable in this epoch, more "
-                                f"than --max-unreadable {args.max_unreadable:g}: check the data (warnings above)")
+            if total[2] > args.max_unreadable * len(loader.dataset):  # a stop like the others: saved first
+                reason = (f"{int(total[2])} training images of {len(loader.dataset)} unreadable in this epoch, more "
+                          f"than --max-unreadable {args.max_unreadable:g}: check the data (the warnings above)")
             now = time.perf_counter()
             eta = (t.total_steps - t.step) * (now - start) / max(total[1] - before[0], 1)
             log(d, f"epoch {epoch_number}/{args.epochs} step {(t.step - 1) % spe + 1}/{spe} loss {w[0] / w[1]:.4f} "
@@ -257,26 +264,44 @@ def train_epoch(args, d, t, loader, stop, seen):
                 f"eta {datetime.timedelta(seconds=int(eta))}")
             window, window_start = [torch.zeros((), device=d.device), 0, 0, 0], now
         if flags[2]:
-            check_finite(t.models(), t.step)
+            check_finite(t.models(), t.step, d)
             save_last(args, d, t)
             last_save = time.perf_counter()
-        if flags[0] or flags[1] or t.step == end:
+        if flags[0] or flags[1] or reason or t.step == end:
             break
     if total[3] == 0:
-        raise UserError("no training image in this epoch could be read: nothing to train on")
+        reason = reason or "no training image in this epoch could be read: nothing to train on"
     seconds = time.perf_counter() - start
     stats = {"train_loss": total[0] / max(total[1], 1), "img_per_s": (total[3] - before[1]) / seconds,
              "epoch_time_s": seconds, "data_wait_share": wait / seconds, "train_unreadable": int(total[2])}
-    return stats, "signal" if flags[0] else "data error" if flags[1] else None
+    return stats, "data error" if flags[1] else reason or ("signal" if flags[0] else None)
+
+
+def save_after_lost_worker(args, d, t, lost, window, total):
+    """A loader worker died (most often the OOM killer's SIGKILL) in the step after t.step, before its optimiser step:
+    this rank saves step t.step and returns the one-line error. Under DDP the other ranks wait in that step's
+    collective until torchrun stops them; their weights and optimiser state are this rank's, their BatchNorm
+    statistics their own."""
+    if not d.distributed:  # under DDP the last window's sum would need the others: the totals of the last read
+        total = [a + b for a, b in zip(total, read_window(args, d, t, window))]
+    t.epoch_totals = tuple(total)
+    check_finite(t.models(), t.step)
+    save_last(args, d, t, writer=d.rank)
+    return UserError(f"{lost}; saved {args.output}/last.pt at step {t.step}; continue with: "
+                     f"{config.command(args, workers=args.workers // 2, resume='auto')}", local=True)
 
 
 @torch.no_grad()
-def evaluate(net, loader, args, d, seen):
+def evaluate(net, loader, args, d, seen, stop=None):
     """Exact top-1/top-5 and mean loss over the whole val set: each rank its shard, sums over ranks. Unreadable
-    images are reported and counted, not scored. Signals wait until it ends (the epoch was saved before it)."""
+    images are reported and counted, not scored. A stop signal (`stop`) ends it at the next batch: None on all ranks
+    (the epoch was saved before it)."""
     net.eval()
-    totals = torch.zeros(6, dtype=torch.float64, device=d.device)  # loss, top1, top5, images, unreadable, fatal
+    totals = torch.zeros(7, dtype=torch.float64, device=d.device)  # loss, top1, top5, images, unreadable, fatal, stop
     for images, labels, weights, problems in loader:
+        if stop is not None and stop.signum:
+            totals[6].fill_(1.0)
+            break
         fatal = report_problems([(kind, "val: " + message) for kind, message in problems], seen)
         images = data.to_device_normalized(images, d.device, args.channels_last)
         labels, weights = labels.to(d.device, non_blocking=True), weights.to(d.device, non_blocking=True)
@@ -284,27 +309,34 @@ def evaluate(net, loader, args, d, seen):
             logits = net(images).float()
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-        totals += torch.stack([(loss * weights).sum(), ((top5[:, 0] == labels) * weights).sum(),
-                               ((top5 == labels[:, None]).any(1) * weights).sum(), weights.sum(),
-                               (1 - weights).sum(), torch.full((), float(fatal), device=d.device)]).double()
+        totals[:6] += torch.stack([(loss * weights).sum(), ((top5[:, 0] == labels) * weights).sum(),
+                                   ((top5 == labels[:, None]).any(1) * weights).sum(), weights.sum(),
+                                   (1 - weights).sum(), torch.full((), float(fatal), device=d.device)]).double()
     if d.distributed:
         dist.all_reduce(totals)
-    loss, top1, top5, count, bad, fatal = totals.tolist()
+    loss, top1, top5, count, bad, fatal, stopped = totals.tolist()
+    if stopped:
+        return None
     if fatal or not count:
         raise UserError("a validation image could not be read (the error above)" if fatal else
                         "no validation image could be scored: all of them are unreadable")
+    if bad > args.max_unreadable * (count + bad):  # as in training: not a score on what is left
+        raise UserError(f"{int(bad)} of {int(count + bad)} validation images unreadable, more than --max-unreadable "
+                        f"{args.max_unreadable:g}: check the data (the warnings above)")
     return {"loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count, "images": int(count),
             "unreadable": int(bad)}
 
 
 # ------------------------------------------------------------------------------------------------ epochs, main
 
-def validate(args, d, t, stats, val_loader, seen):
+def validate(args, d, t, stats, val_loader, seen, stop=None):
     """Score the raw (and EMA) weights; rank 0 appends to metrics.jsonl and copies last.pt to best.pt if it is the
-    best so far. Returns the metrics."""
+    best so far. Returns the metrics, or None if a stop signal cut it short."""
     metrics = {"epoch": t.step // t.steps_per_epoch, "lr": t.optimizer.param_groups[0]["lr"], **stats}
     for name, net in (("val", t.raw), ("ema", t.ema.module if t.ema else None)):
-        result = evaluate(net, val_loader, args, d, seen) if net is not None else {}
+        result = evaluate(net, val_loader, args, d, seen, stop) if net is not None else {}
+        if result is None:
+            return None
         metrics.update({f"{name}_{k}": v for k, v in result.items() if name == "val" or k != "images"})
     if d.rank == 0:  # best.pt first: a line in metrics.jsonl means the epoch is done with
         if max(metrics["val_top1"], metrics.get("ema_top1", 0)) > t.best:
@@ -321,13 +353,14 @@ def leave(args, d, t, reason, stop):
     """After a stop: every rank waits until rank 0 has saved, then all exit the same way."""
     if d.distributed:
         dist.barrier()
-    where = f"saved {args.output}/last.pt at step {t.step}; continue with the same command plus --resume auto"
-    if reason == "data error":
-        raise UserError(f"stopped on a data error (the line above); {where}")
+    where = f"saved {args.output}/last.pt at step {t.step}; continue with: "
     if reason == "signal":
-        log(d, f"stopped by signal {stop.signum or signal.SIGTERM}; {where}")
+        log(d, f"stopped by signal {stop.signum or signal.SIGTERM}; {where}{config.command(args, resume='auto')}")
         sys.exit(128 + (stop.signum or signal.SIGTERM))
-    log(d, f"stopped at --max-steps {args.max_steps}; {where}")
+    if reason:  # a data error (its line is above) or a message
+        raise UserError(f"{'stopped on a data error (the line above)' if reason == 'data error' else reason}; "
+                        f"{where.replace('continue', 'fix it, then continue')}{config.command(args, resume='auto')}")
+    log(d, f"stopped at --max-steps {args.max_steps}; {where}{config.command(args, ['max_steps'], resume='auto')}")
 
 
 def train(args, d, t, loaders):
@@ -342,7 +375,9 @@ def train(args, d, t, loaders):
     if val_loader is not None:
         pending, t.best, metrics = resume_metrics(args.output, t.step, t.steps_per_epoch, t.best, d)
     if val_loader is not None and pending:
-        metrics = validate(args, d, t, {}, val_loader, seen)
+        metrics = validate(args, d, t, {}, val_loader, seen, stop)
+        if metrics is None:  # a stop signal during validation: the epoch is saved, exit now
+            return leave(args, d, t, "signal", stop)
     while t.step < t.total_steps and not (args.max_steps and t.step >= args.max_steps):
         if sampler is not None:
             sampler.set_epoch(t.step // t.steps_per_epoch, t.step % t.steps_per_epoch)
@@ -350,10 +385,11 @@ def train(args, d, t, loaders):
         at_end = t.step % t.steps_per_epoch == 0
         if at_end and d.distributed:
             broadcast_buffers(t.models(), d.device)
-        check_finite(t.models(), t.step)
+        check_finite(t.models(), t.step, d)
         save_last(args, d, t)  # the trained epoch is on disk before validation starts
         if at_end and reason is None and val_loader is not None:
-            metrics = validate(args, d, t, stats, val_loader, seen)
+            metrics = validate(args, d, t, stats, val_loader, seen, stop)
+            reason = None if metrics is not None else "signal"  # a stop during validation: exit now
         if reason or not at_end:
             return leave(args, d, t, reason, stop)
     if t.step < t.total_steps:  # --max-steps at an epoch's end
@@ -407,10 +443,12 @@ def main(argv=None):
                                                               d.device.type == "cuda" else None)
             t.ddp = t.net
         t.net = torch.compile(t.net) if args.compile else t.net
-        return evaluate_only(args, d, t, loaders[4]) if args.eval_only else train(args, d, t, loaders)
+        with runtime.loader_deaths_as_errors(args.workers):  # in validation; training's step saves first
+            return evaluate_only(args, d, t, loaders[4]) if args.eval_only else train(args, d, t, loaders)
     except UserError as error:
-        if str(error) and (rank == 0 or error.local):
-            print(f"error: {error}", file=sys.stderr, flush=True)
+        if str(error) and (rank == 0 or error.local):  # exit 3 (diverged): what the user can run instead
+            print(f"error: {error}{config.after_divergence(args) if error.code == 3 else ''}", file=sys.stderr,
+                  flush=True)
         sys.exit(error.code)
     finally:
         if lock is not None:
