@@ -96,6 +96,7 @@ def get_args(argv=None):
     a("--workers", type=int, default=None, help="loader processes per training process (default min(8, CPUs/procs))")
     a("--output", default="runs/r50", help="folder for checkpoints and metrics.jsonl (one run at a time)")
     a("--resume", help="checkpoint to continue from, or 'auto' for OUTPUT/last.pt if it exists")
+    a("--init-from", help="a new run from these weights: model.pt, best.pt, last.pt or torchvision's resnet50")
     a("--amp", choices=["bf16", "fp16", "off"], help="autocast dtype (default bf16 on GPUs that have it, off on CPU)")
     a("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC layout (default: on CUDA)")
     a("--compile", action="store_true", help="torch.compile the model")
@@ -106,6 +107,7 @@ def get_args(argv=None):
     a("--max-steps", type=int, default=0, help="stop after this many steps in all, resumable (0 = no limit)")
     a("--max-unreadable", type=finite, default=0.01, help="stop when more than this share of an epoch is unreadable")
     a("--dry-run", action="store_true", help="print the resolved settings as JSON and exit, touching nothing")
+    a("--tensorboard", action="store_true", help="also write scalars to OUTPUT/tb (needs: pip install tensorboard)")
     args = p.parse_args(argv)
     args.recipe = args.recipe or ("a3" if args.data else "demo")
     p.set_defaults(**RECIPES[args.recipe])
@@ -143,6 +145,8 @@ def check_args(args):
     need(args.workers >= 0, f"--workers must not be negative, got {args.workers} (0: load in the training process)")
     need(args.workers <= cpu_count(), f"--workers {args.workers}: this machine has {cpu_count()} CPUs for it")
     need(not args.eval_only or args.resume, "--eval-only needs --resume PATH (the weights to score)")
+    need(not (args.init_from and args.resume), "--init-from starts a new run from weights, --resume continues one: "
+         "give one of them (a run begun with --init-from continues with --resume alone)")
     need(not args.eval_only or args.data != "synthetic", "--eval-only scores DATA/val: --data synthetic has no "
          "validation images (give an ImageNet-layout folder)")
 
@@ -175,13 +179,16 @@ def apply_contract(args, ckpt, world):
         return
     if not isinstance(ckpt, dict) or ckpt.get("format") != 3:
         raise UserError(f"--resume {args.resume} is not a training checkpoint of this train.py (model.pt and older "
-                        "checkpoints work with --eval-only)")
+                        "checkpoints work with --eval-only; to train them further, start a new run with --init-from)")
     config = ckpt["config"]
     for name in RECIPE:
         saved = config.get(name, OLD_DEFAULTS.get(name))
         if name in args.explicit and getattr(args, name) != saved:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} differs from {saved} in "
-                            f"{args.resume}: a resumed run keeps its recipe (drop the flag, or start a new --output)")
+            flag = "--" + name.replace("_", "-")
+            way_on = "" if name == "model" else f"; to train these weights with another {flag}, start a new run " \
+                f"from them: --init-from {args.resume} in a new --output"  # a fresh schedule, the weights kept
+            raise UserError(f"{flag} {getattr(args, name)} differs from {saved} in {args.resume}: a resumed run keeps "
+                            f"its recipe (drop the flag, or start a new --output){way_on}")
         setattr(args, name, saved)
 
 
@@ -216,6 +223,8 @@ def command(args, drop=(), **changes):
     then `changes` ({dest: value}). A run that continued a checkpoint took its recipe from it: for a fresh run
     (no 'resume' in changes) the recipe flags that differ from the recipe's defaults are written out too."""
     skip, words, tokens = {"--" + n.replace("_", "-") for n in (*drop, *changes)}, [], list(args.argv)
+    if "resume" in changes:  # the run's own weights are in its checkpoint, and --resume refuses --init-from
+        skip.add("--init-from")
     while tokens:
         token = tokens.pop(0)
         name = token.split("=")[0]
@@ -236,10 +245,15 @@ def command(args, drop=(), **changes):
 
 
 def after_divergence(args):
-    """What a diverged run (exit 3) can do: a resumed run keeps its --lr, and its --output holds the run."""
-    lr = args.lr / 2
+    """What a diverged run (exit 3) can do: a resumed run keeps its --lr, and its --output holds the run; so a new
+    run, from scratch or from the last good weights (--init-from), in a new folder."""
+    lr, last = args.lr / 2, os.path.join(args.output, "last.pt")
+    output = f"{args.output.rstrip(os.sep)}-lr{lr:g}"
     advice = (f" A resumed run keeps its --lr: start again with a lower one in a new folder, e.g. "
-              f"`{command(args, drop=('resume',), lr=lr, output=f'{args.output.rstrip(os.sep)}-lr{lr:g}')}`")
+              f"`{command(args, drop=('resume',), lr=lr, output=output)}`")
+    if os.path.exists(last):  # or keep what was learnt: its weights, a fresh schedule at the lower --lr
+        advice += (f"; or go on from the last good weights: "
+                   f"`{command(args, drop=('resume',), lr=lr, output=output, init_from=last)}`")
     if args.amp == "fp16":
         advice += f"; or continue it without fp16: `{command(args, resume='auto', amp='bf16')}`"
     return advice + " (a longer --warmup-epochs helps too)."

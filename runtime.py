@@ -1,5 +1,6 @@
 """What keeps a long run safe, for train.py: processes and DDP setup, stop signals, the ranks' per-step agreement,
-buffer sync, atomic checkpoints and the output lock.
+buffer sync, atomic checkpoints and the output lock; and what a run keeps of itself: OUTPUT/run.json, TensorBoard
+scalars (--tensorboard), the weights a new run starts from (--init-from).
 
 Needs only torch. The rules it keeps, from torch's own code: NCCL takes CUDA tensors only; every rank must make
 the same collectives in the same order; torchrun sends SIGTERM to each rank's process group and SIGKILLs it 30 s
@@ -14,9 +15,11 @@ import errno
 import fcntl
 import json
 import os
+import platform
 import re
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -235,15 +238,15 @@ def save_checkpoint(obj, path):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, flag="--resume"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"--resume: no such file {path}") from None
+        raise UserError(f"{flag}: no such file {path}") from None
     except IsADirectoryError:
-        raise UserError(f"--resume {path} is a folder: give the checkpoint file (e.g. {path}/last.pt)") from None
+        raise UserError(f"{flag} {path} is a folder: give the checkpoint file (e.g. {path}/last.pt)") from None
     except Exception as error:  # a torn or foreign file: say which and why
-        raise UserError(f"--resume: cannot load {path}: {why_unloadable(path, error)}") from None
+        raise UserError(f"{flag}: cannot load {path}: {why_unloadable(path, error)}") from None
 
 
 def why_unloadable(path, error):
@@ -365,6 +368,24 @@ def weights_mismatch(model, state, name):
     return None
 
 
+def load_weights(model, path, name, d):
+    """--init-from: a new run's starting weights, into `model` (freshly initialised, --model `name`), from a
+    training checkpoint of train.py (last.pt, best.pt: its raw weights) or a plain state_dict (model.pt,
+    torchvision's resnet50). Where only the class count differs (other data), fc keeps its fresh init: the old
+    classes' scores mean nothing for the new ones. Any other mismatch is one line naming --model."""
+    ckpt = load_checkpoint(path, "--init-from")
+    state = ckpt["model"] if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) else ckpt
+    own, fc = model.state_dict(), state.get("fc.weight") if isinstance(state, dict) else None
+    if torch.is_tensor(fc) and "fc.weight" in own and fc.ndim == 2 and fc.shape[0] != own["fc.weight"].shape[0] \
+            and fc.shape[1:] == own["fc.weight"].shape[1:]:
+        state = {**state, "fc.weight": own["fc.weight"], "fc.bias": own["fc.bias"]}
+        log(d, f"fc: checkpoint has {fc.shape[0]} classes, --data has {own['fc.weight'].shape[0]}: fc initialised anew")
+    why = weights_mismatch(model, state, name)
+    if why:
+        raise UserError(f"--init-from {path}: {why}")
+    model.load_state_dict(state)
+
+
 def mix_seed(*values):
     """A seed from small non-negative integers (splitmix64 over them). torch's CPU generator keeps only the low 32
     bits of a seed, so plain arithmetic such as epoch * 2**32 + index would repeat the same draws every epoch."""
@@ -475,3 +496,114 @@ def log(d, *items):
 
 def warn(message):
     print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------- what a run keeps of itself
+
+def record_run(output, settings, argv, d):
+    """OUTPUT/run.json, {"runs": [...]}: what made this run, one entry per start (a resumed run appends its own, so
+    the first start's stays). Every rank makes the one collective here (its host and device); rank 0 writes,
+    atomically. A record that cannot be written is a warning: it is no reason to lose the run."""
+    mine = (socket.gethostname(), device_name(d.device))
+    ranks = [mine]
+    if d.distributed:
+        ranks = [None] * d.world
+        dist.all_gather_object(ranks, mine)
+    if d.rank != 0:
+        return
+    entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "argv": list(argv),
+             **git_state(os.path.dirname(os.path.abspath(__file__))), "versions": versions(), "world": d.world,
+             "hosts": [host for host, _ in ranks], "devices": [name for _, name in ranks], "settings": settings}
+    path, runs = os.path.join(output, "run.json"), []
+    try:
+        with open(path) as f:
+            runs = json.load(f)["runs"]
+        runs = runs if isinstance(runs, list) else []
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError):  # edited by hand? Kept aside, not written over
+        warn(f"warning: {path} is not a run record; kept as {path}.unreadable, a new record begins")
+        with contextlib.suppress(OSError):
+            os.replace(path, f"{path}.unreadable")
+    tmp = f"{path}.tmp-{os.getpid()}"  # claim_output removes one a kill left behind
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"runs": runs + [entry]}, f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        warn(f"warning: cannot write {path} ({error.strerror}): the run goes on without its record")
+
+
+def git_state(folder, timeout_s=5):
+    """The code's commit and whether tracked files differ from it (untracked ones are not the code train.py runs);
+    nothing where `folder` is not in a git checkout, git is missing or too slow (a loaded network file system)."""
+    def git(*words):
+        return subprocess.run(["git", "-C", folder, *words], capture_output=True, text=True, timeout=timeout_s,
+                              check=True).stdout.strip()
+    state = {}
+    try:
+        state["git_commit"] = git("rev-parse", "HEAD")
+        state["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return state
+
+
+def versions():
+    """The versions a run's numbers depend on; None where absent (CUDA, cuDNN and NCCL: those torch was built with)."""
+    def get(read):
+        try:
+            return read()
+        except Exception:  # not installed, or a build without it
+            return None
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": get(lambda: __import__("torchvision").__version__),
+            "pillow": get(lambda: __import__("PIL").__version__), "cuda": torch.version.cuda,
+            "cudnn": get(torch.backends.cudnn.version),
+            "nccl": get(lambda: ".".join(map(str, torch.cuda.nccl.version())))}
+
+
+def device_name(device):
+    """The GPU's name, or the CPU's model where Linux tells it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "cpu: " + next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return f"cpu: {platform.processor() or platform.machine()}"
+
+
+class Scalars:
+    """--tensorboard: scalars under `folder` for TensorBoard. Rank 0 passes OUTPUT/tb; the other ranks, and a run
+    without the flag, pass None, and then every call does nothing. TensorBoard is not a requirement: imported only
+    when asked for, and without the package one line says how to get it and the run goes on. A run resumed at
+    `step` hides what a killed run wrote after its checkpoint (TensorBoard's purge_step), so no step shows twice."""
+
+    def __init__(self, folder=None, step=0):
+        self.writer = None
+        if folder is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                warn("warning: --tensorboard needs the tensorboard package: pip install tensorboard")
+                return
+            self.writer = SummaryWriter(folder, purge_step=step + 1 if step else None)  # step itself: saved
+
+    def add(self, group, x, values):
+        """Each number in `values` as the scalar `group/name` at x (the global step, or the epoch)."""
+        if self.writer is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "epoch":
+                    self.writer.add_scalar(f"{group}/{name}", value, x)
+            if group == "epoch":  # an epoch's figures are worth seeing now, not at the writer's next flush
+                self.writer.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.writer is not None:
+            self.writer.close()

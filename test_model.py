@@ -1753,3 +1753,236 @@ def test_i53_stop_signal_during_validation_exits_within_seconds(tmp_path):
     assert load(str(tmp_path / "out" / "last.pt"))["step"] == 3
     metrics, out = run_train(["--data", root, "--epochs", "2"] + FAST + ["--resume", "auto"], tmp_path)
     assert [json.loads(line)["epoch"] for line in open(os.path.join(out, "metrics.jsonl"))] == [1, 2]
+
+
+# ---- run record, TensorBoard, --init-from (issue 54)
+
+I54 = TINY + ["--model", "resnet18"]  # the tiny set-up with a small model and the EMA on (v2's)
+
+
+def read_runs(out):
+    with open(os.path.join(out, "run.json")) as f:
+        return json.load(f)["runs"]
+
+
+def git_head():
+    try:
+        return subprocess.run(["git", "-C", HERE, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def test_i54_run_json_records_the_start_and_a_resume_appends_its_own(tmp_path, capsys):
+    import datetime
+    import platform
+    import socket
+    import PIL
+    root = make_image_folder(tmp_path / "d")
+    out = str(tmp_path / "out")
+    args = ["--data", root, "--epochs", "2"] + FAST
+    assert train.main(args + ["--output", out, "--dry-run"]) is None
+    dry = json.loads(capsys.readouterr().out)
+    assert i53_run(args + ["--max-steps", "2"], tmp_path)[0] == 0
+    [first] = read_runs(out)
+    assert first["argv"][1:] == args + ["--max-steps", "2", "--output", out] and first["world"] == 1
+    assert first["hosts"] == [socket.gethostname()] and first["devices"][0].startswith("cpu")
+    when = datetime.datetime.fromisoformat(first["time"])
+    assert when.utcoffset() == datetime.timedelta(0) and abs(datetime.datetime.now(datetime.timezone.utc) - when) < \
+        datetime.timedelta(minutes=10)
+    versions = first["versions"]
+    assert (versions["python"], versions["torch"], versions["torchvision"], versions["pillow"]) == \
+        (platform.python_version(), torch.__version__, torchvision.__version__, PIL.__version__)
+    assert versions["cuda"] == torch.version.cuda and {"cudnn", "nccl"} <= set(versions)
+    if git_head() is not None:  # the commit of the code that ran (git_dirty: whatever this checkout holds now)
+        assert first["git_commit"] == git_head() and isinstance(first["git_dirty"], bool)
+    # The settings are --dry-run's, with what only a start resolves (amp and channels_last on this device).
+    settings = first["settings"]
+    assert set(settings) == set(dry) and settings["init_from"] is None and settings["tensorboard"] is False
+    assert {k: v for k, v in settings.items() if dry[k] != v} == {"amp": "off", "channels_last": False,
+                                                                    "max_steps": 2}
+    assert i53_run(["--data", root, "--resume", "auto"] + FAST, tmp_path)[0] == 0
+    runs = read_runs(out)
+    assert len(runs) == 2 and runs[0] == first  # the first start's entry stays as it was
+    assert runs[1]["settings"]["resume"] == os.path.join(out, "last.pt") and "--resume" in runs[1]["argv"]
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+
+
+def test_i54_run_record_gathers_every_rank_and_survives_a_bad_file(tmp_path, monkeypatch, capsys):
+    gathered = []
+
+    def all_gather_object(box, mine):  # what dist's gives two ranks: every rank's object, in rank order
+        gathered.append(mine)
+        box[:] = [mine, ("node-2", "NVIDIA H100")]
+    monkeypatch.setattr(runtime.dist, "all_gather_object", all_gather_object)
+    cpu = torch.device("cpu")
+    runtime.record_run(str(tmp_path), {"lr": 0.5}, ["train.py"], runtime.Dist(1, 2, cpu, True))
+    assert len(gathered) == 1 and not os.path.exists(tmp_path / "run.json")  # rank 1 joins the collective only
+    (tmp_path / "run.json").write_text("{not json")
+    runtime.record_run(str(tmp_path), {"lr": 0.5}, ["train.py"], runtime.Dist(0, 2, cpu, True))
+    [entry] = read_runs(tmp_path)
+    assert entry["world"] == 2 and entry["hosts"][1] == "node-2" and entry["devices"][1] == "NVIDIA H100"
+    assert entry["settings"] == {"lr": 0.5} and (tmp_path / "run.json.unreadable").read_text() == "{not json"
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert runtime.git_state(str(tmp_path)) == {}  # not a git checkout: no git fields
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git at all
+    assert runtime.git_state(HERE) == {}
+
+
+def test_i54_tensorboard_holds_the_progress_lines_and_each_epochs_metrics(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    root = make_image_folder(tmp_path / "d")
+    metrics, out = run_train(["--data", root, "--epochs", "2", "--tensorboard"] + I54, tmp_path)
+    events = EventAccumulator(os.path.join(out, "tb"))
+    events.Reload()
+    shown = {}  # global step -> (loss, lr) as the progress lines print them
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("epoch ") and " step " in line:
+            words = line.split()
+            epoch, step = int(words[1].split("/")[0]), int(words[3].split("/")[0])
+            shown[(epoch - 1) * 3 + step] = (float(words[5]), float(words[7]))
+    loss, lr = events.Scalars("train/loss"), events.Scalars("train/lr")
+    assert [e.step for e in loss] == sorted(shown) and len(shown) >= 3
+    assert all(shown[e.step][0] == pytest.approx(e.value, abs=1e-4) for e in loss)
+    assert all(shown[e.step][1] == pytest.approx(e.value, rel=1e-3) for e in lr)
+    for tag in ("img_per_s", "data_wait_share", "unreadable"):
+        assert [e.step for e in events.Scalars(f"train/{tag}")] == sorted(shown)
+    assert all(0 <= e.value <= 1 for e in events.Scalars("train/data_wait_share"))
+    lines = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    for name in ("val_top1", "val_top5", "val_loss", "ema_top1", "ema_top5", "ema_loss", "train_loss",
+                 "train_unreadable", "img_per_s", "data_wait_share", "lr"):
+        got = events.Scalars(f"epoch/{name}")
+        assert [e.step for e in got] == [1, 2], name  # x: the epoch
+        assert [e.value for e in got] == pytest.approx([m[name] for m in lines], rel=1e-5), name
+
+
+def test_i54_tensorboard_after_a_kill_shows_each_step_once(tmp_path):
+    """A run killed after logging step 5 but before saving it resumes from step 4: the killed run's step 5 is
+    hidden (purge_step), the resumed run's shows."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    root = make_image_folder(tmp_path / "d")
+    args, out = ["--data", root, "--epochs", "2", "--tensorboard"] + FAST + ["--log-every", "1"], tmp_path / "out"
+    run_train(args + ["--max-steps", "4"], tmp_path)
+    shutil.copyfile(out / "last.pt", tmp_path / "step4.pt")
+    run_train(args + ["--resume", "auto", "--max-steps", "5"], tmp_path)
+    shutil.copyfile(tmp_path / "step4.pt", out / "last.pt")  # as if killed after step 5's line, before its save
+    run_train(args + ["--resume", "auto"], tmp_path)
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    assert len(os.listdir(out / "tb")) == 3  # one event file per start
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in events.Scalars("epoch/val_top1")] == [1, 2]
+
+
+def test_i54_tensorboard_missing_is_one_line_and_the_run_goes_on(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # the import fails, as without the package
+    root = make_image_folder(tmp_path / "d")
+    code, out = i53_run(["--data", root, "--epochs", "1", "--max-steps", "1", "--tensorboard"] + FAST, tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0 and err == ["warning: --tensorboard needs the tensorboard package: pip install tensorboard"]
+    assert load(os.path.join(out, "last.pt"))["step"] == 1 and not os.path.exists(os.path.join(out, "tb"))
+    assert runtime.Scalars(None).add("train", 1, {"loss": 1.0}) is None  # off: a no-op, without the import
+
+
+@pytest.fixture(scope="module")
+def i54_source(tmp_path_factory):
+    """One finished tiny run (2 classes, EMA on) whose files the --init-from tests start from; they never write
+    into it."""
+    tmp = tmp_path_factory.mktemp("i54")
+    root = make_image_folder(tmp / "d")
+    train.main(["--data", root, "--epochs", "1", "--output", str(tmp / "src")] + I54)
+    return root, str(tmp / "src")
+
+
+def start_of(argv, monkeypatch):
+    """train.main up to the first step: the trainer it would train (its run.json is written)."""
+    started = []
+    monkeypatch.setattr(train, "train", lambda args, d, t, loaders, tb: started.append(t))
+    train.main(argv)
+    return started[0]
+
+
+def test_i54_init_from_model_pt_and_last_pt_starts_a_new_run_from_their_weights(i54_source, tmp_path, monkeypatch,
+                                                                                capsys):
+    root, src = i54_source
+    last = load(os.path.join(src, "last.pt"))
+    for name, weights in (("model.pt", load(os.path.join(src, "model.pt"))), ("last.pt", last["model"])):
+        out = str(tmp_path / name)
+        t = start_of(["--data", root, "--epochs", "2", "--init-from", os.path.join(src, name), "--output", out] + I54,
+                     monkeypatch)
+        assert t.step == 0 and not t.optimizer.state and t.total_steps == 6  # a fresh optimiser and schedule
+        for module in (t.raw, t.ema.module):  # the EMA starts from the loaded weights too
+            assert all(torch.equal(v, weights[k]) for k, v in module.state_dict().items())
+        assert read_runs(out)[0]["settings"]["init_from"] == os.path.join(src, name)
+    assert not all(torch.equal(last["model"][k], last["ema"][k]) for k in last["model"])  # last.pt: the raw weights
+    assert "fc:" not in capsys.readouterr().out  # the same classes: nothing to say
+
+
+def test_i54_init_from_trains_and_its_stop_line_continues_without_it(i54_source, tmp_path, capsys):
+    import shlex
+    root, src = i54_source
+    args = ["--data", root, "--epochs", "2", "--init-from", os.path.join(src, "last.pt")] + I54 + ["--lr", "0.25"]
+    assert i53_run(args + ["--max-steps", "4"], tmp_path)[0] == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("stopped at --max-steps 4")][0]
+    words = shlex.split(line.split("continue with: ")[1])
+    assert "--init-from" not in words and words[-2:] == ["--resume", "auto"]  # --resume refuses --init-from
+    assert train.main(words[2:])["epoch"] == 2
+    out = str(tmp_path / "out")
+    assert load(os.path.join(out, "last.pt"))["step"] == 6  # counted from 0, not from the source's step 3
+    runs = read_runs(out)
+    assert [r["settings"]["init_from"] for r in runs] == [os.path.join(src, "last.pt"), None]
+
+
+def test_i54_init_from_with_another_class_count_starts_fc_anew(i54_source, tmp_path, monkeypatch, capsys):
+    _, src = i54_source
+    three = make_image_folder(tmp_path / "d3", classes=("a", "b", "c"))
+    source = load(os.path.join(src, "model.pt"))
+    common = ["--data", three, "--epochs", "1"] + I54
+    fresh = start_of(common + ["--output", str(tmp_path / "fresh")], monkeypatch).raw.state_dict()
+    capsys.readouterr()
+    t = start_of(common + ["--init-from", os.path.join(src, "model.pt"), "--output", str(tmp_path / "new")],
+                 monkeypatch)
+    out = capsys.readouterr().out.splitlines()
+    said = [x for x in out if x.startswith("fc:")]
+    assert said == ["fc: checkpoint has 2 classes, --data has 3: fc initialised anew"]
+    state = t.raw.state_dict()
+    assert state["fc.weight"].shape == (3, 512) and all(torch.equal(state[k], fresh[k]) for k in ("fc.weight",
+                                                                                                   "fc.bias"))
+    assert all(torch.equal(v, source[k]) for k, v in state.items() if not k.startswith("fc."))
+    assert all(torch.equal(v, state[k]) for k, v in t.ema.module.state_dict().items())
+
+
+@pytest.mark.parametrize("case", ["model", "resume", "missing", "classes", "lr"])
+def test_i54_init_from_refusals_and_the_messages_that_point_to_it(i54_source, tmp_path, capsys, case):
+    root, src = i54_source
+    model_pt, last = os.path.join(src, "model.pt"), os.path.join(src, "last.pt")
+    three = make_image_folder(tmp_path / "d3", classes="abc") if case == "classes" else None
+    argv, says = {
+        "model": (["--data", root, "--init-from", model_pt, "--model", "resnet34"] + TINY, "not weights of --model "
+                  "resnet34"),
+        "resume": (["--data", root, "--init-from", model_pt, "--resume", "auto"] + I54, "give one of them"),
+        "missing": (["--data", root, "--init-from", str(tmp_path / "nope.pt")] + I54, "--init-from: no such file"),
+        "classes": (["--data", three, "--resume", last] + I54,
+                    f"start a new run with --init-from {last}"),
+        "lr": (["--data", root, "--resume", last] + I54 + ["--lr", "0.1"], f"with another --lr, start a new run from "
+               f"them: --init-from {last}"),
+    }[case]
+    code, out = i53_run(argv, tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    assert not os.path.exists(os.path.join(out, "run.json"))  # no run started
+
+
+def test_i54_divergence_offers_the_last_good_weights_with_init_from(i54_source):
+    import shlex
+    root, src = i54_source
+    args = train.config.get_args(["--data", root, "--epochs", "1", "--output", src] + I54)
+    args.resume = os.path.join(src, "last.pt")
+    advice = train.config.after_divergence(args)
+    assert "A resumed run keeps its --lr" in advice
+    words = shlex.split(advice.split("`")[3])  # the second command: from the last good weights
+    assert words[words.index("--init-from") + 1] == os.path.join(src, "last.pt") and "--resume" not in words
+    assert words[words.index("--lr") + 1] == "0.25" and words[words.index("--output") + 1] == src + "-lr0.25"
+    assert train.config.get_args(words[2:]).init_from == os.path.join(src, "last.pt")  # a command that is accepted

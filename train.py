@@ -8,11 +8,13 @@ Needs torch, torchvision, pillow and the files beside it (config, runtime, data,
     python train.py --data /imagenet --recipe v2 --dry-run   # print what a run would do, as JSON, and exit
     python train.py --data /imagenet --resume auto    # continue OUTPUT/last.pt after a crash or preemption
     python train.py --data /imagenet --eval-only --resume runs/r50/last.pt   # score raw and EMA weights
+    python train.py --data /mine --init-from runs/r50/model.pt --output runs/mine   # a new run from these weights
     python train.py --data synthetic --epochs 1       # random tensors on the device: the model's own speed
 
 Recipes (--recipe a3, v2, nette5, demo) are in config.py and README, "Recipes". A run writes OUTPUT/last.pt (at
 every epoch end before validation, every --save-every-min, and at a stop), best.pt, model.pt (final weights, a plain
-state_dict) and metrics.jsonl. What a checkpoint fixes on resume: README, "Resume".
+state_dict), metrics.jsonl, run.json (code, versions, machines, settings: an entry per start) and, with
+--tensorboard, tb/. What a checkpoint fixes on resume: README, "Resume".
 """
 import contextlib
 import dataclasses
@@ -66,7 +68,8 @@ def build(args, d):
         trained = ckpt["config"]["train_images"], ckpt["config"]["num_classes"]
         if trained != (train_images, num_classes):
             raise UserError(f"{args.resume} trained on {trained[0]} images in {trained[1]} classes; --data has "
-                            f"{train_images} in {num_classes}")
+                            f"{train_images} in {num_classes} (to train these weights on it, start a new run with "
+                            f"--init-from {args.resume} in a new --output)")
     t = build_trainer(args, d, num_classes, steps_per_epoch=train_images // args.global_batch if train_images else 0)
     t.config = {**{k: getattr(args, k) for k in config.RECIPE}, "train_images": train_images,
                 "num_classes": num_classes}
@@ -117,6 +120,8 @@ def build_trainer(args, d, num_classes, steps_per_epoch):
     torch.manual_seed(args.seed)  # the same weights on every rank
     raw = models.create_model(args.model, num_classes)
     init.init_weights(raw, zero_init_residual=args.zero_init_residual, fc_std=0.01)  # fc ~ N(0, 0.01): Goyal et al.
+    if args.init_from:  # before the EMA copies the weights, so it starts from them too
+        runtime.load_weights(raw, args.init_from, args.model, d)
     if args.sync_bn and d.distributed:
         raw = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     raw = raw.to(d.device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
@@ -226,9 +231,10 @@ def read_window(args, d, t, window):
     return loss, steps, bad, good
 
 
-def train_epoch(args, d, t, loader, stop, seen):
+def train_epoch(args, d, t, loader, stop, seen, tb):
     """Train from t.step to the end of its epoch, --max-steps, or a stop all ranks agreed on (a signal or a data
-    error, voted every step). Returns (stats, reason): reason None, "signal" or "data error"."""
+    error, voted every step); each progress line's figures also go to `tb`. Returns (stats, reason): reason None,
+    "signal" or "data error"."""
     t.net.train()
     spe, epoch_number = t.steps_per_epoch, t.step // t.steps_per_epoch + 1
     end = min(epoch_number * spe, args.max_steps or t.total_steps)
@@ -236,7 +242,7 @@ def train_epoch(args, d, t, loader, stop, seen):
     before = total[1], total[3]  # steps and images of this epoch done before a restart: not in this run's timing
     window = [torch.zeros((), device=d.device), 0, 0, 0]
     start = window_start = last_save = time.perf_counter()
-    wait, batches, reason = 0.0, runtime.loader_batches(loader, args.workers), None
+    wait, window_wait, batches, reason = 0.0, 0.0, runtime.loader_batches(loader, args.workers), None
     while True:
         try:
             loss, count, good, problems, waited = train_step(args, d, t, batches)
@@ -259,10 +265,13 @@ def train_epoch(args, d, t, loader, stop, seen):
                           f"than --max-unreadable {args.max_unreadable:g}: check the data (the warnings above)")
             now = time.perf_counter()
             eta = (t.total_steps - t.step) * (now - start) / max(total[1] - before[0], 1)
-            log(d, f"epoch {epoch_number}/{args.epochs} step {(t.step - 1) % spe + 1}/{spe} loss {w[0] / w[1]:.4f} "
-                f"lr {t.optimizer.param_groups[0]['lr']:.4g} img/s {w[3] / max(now - window_start, 1e-9):.0f} "
-                f"eta {datetime.timedelta(seconds=int(eta))}")
-            window, window_start = [torch.zeros((), device=d.device), 0, 0, 0], now
+            span = max(now - window_start, 1e-9)
+            shown = {"loss": w[0] / w[1], "lr": t.optimizer.param_groups[0]["lr"], "img_per_s": w[3] / span,
+                     "data_wait_share": (wait - window_wait) / span, "unreadable": w[2]}
+            log(d, f"epoch {epoch_number}/{args.epochs} step {(t.step - 1) % spe + 1}/{spe} loss {shown['loss']:.4f} "
+                f"lr {shown['lr']:.4g} img/s {shown['img_per_s']:.0f} eta {datetime.timedelta(seconds=int(eta))}")
+            tb.add("train", t.step, shown)
+            window, window_start, window_wait = [torch.zeros((), device=d.device), 0, 0, 0], now, wait
         if flags[2]:
             check_finite(t.models(), t.step, d)
             save_last(args, d, t)
@@ -329,9 +338,9 @@ def evaluate(net, loader, args, d, seen, stop=None):
 
 # ------------------------------------------------------------------------------------------------ epochs, main
 
-def validate(args, d, t, stats, val_loader, seen, stop=None):
-    """Score the raw (and EMA) weights; rank 0 appends to metrics.jsonl and copies last.pt to best.pt if it is the
-    best so far. Returns the metrics, or None if a stop signal cut it short."""
+def validate(args, d, t, stats, val_loader, seen, tb, stop=None):
+    """Score the raw (and EMA) weights; rank 0 appends to metrics.jsonl (and `tb`, by epoch) and copies last.pt to
+    best.pt if it is the best so far. Returns the metrics, or None if a stop signal cut it short."""
     metrics = {"epoch": t.step // t.steps_per_epoch, "lr": t.optimizer.param_groups[0]["lr"], **stats}
     for name, net in (("val", t.raw), ("ema", t.ema.module if t.ema else None)):
         result = evaluate(net, val_loader, args, d, seen, stop) if net is not None else {}
@@ -345,6 +354,7 @@ def validate(args, d, t, stats, val_loader, seen, stop=None):
             os.replace(os.path.join(args.output, "best.pt.tmp-copy"), os.path.join(args.output, "best.pt"))
         with open(os.path.join(args.output, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(metrics) + "\n")
+        tb.add("epoch", metrics["epoch"], metrics)
     log(d, "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
     return metrics
 
@@ -363,7 +373,7 @@ def leave(args, d, t, reason, stop):
     log(d, f"stopped at --max-steps {args.max_steps}; {where}{config.command(args, ['max_steps'], resume='auto')}")
 
 
-def train(args, d, t, loaders):
+def train(args, d, t, loaders, tb):
     _, _, train_loader, sampler, val_loader = loaders
     stop, seen, metrics = StopRequested(), set(), None
     log(d, f"{args.model}: {t.config['num_classes']} classes, {d.world} process(es) on {d.device}"
@@ -375,20 +385,20 @@ def train(args, d, t, loaders):
     if val_loader is not None:
         pending, t.best, metrics = resume_metrics(args.output, t.step, t.steps_per_epoch, t.best, d)
     if val_loader is not None and pending:
-        metrics = validate(args, d, t, {}, val_loader, seen, stop)
+        metrics = validate(args, d, t, {}, val_loader, seen, tb, stop)
         if metrics is None:  # a stop signal during validation: the epoch is saved, exit now
             return leave(args, d, t, "signal", stop)
     while t.step < t.total_steps and not (args.max_steps and t.step >= args.max_steps):
         if sampler is not None:
             sampler.set_epoch(t.step // t.steps_per_epoch, t.step % t.steps_per_epoch)
-        stats, reason = train_epoch(args, d, t, train_loader, stop, seen)
+        stats, reason = train_epoch(args, d, t, train_loader, stop, seen, tb)
         at_end = t.step % t.steps_per_epoch == 0
         if at_end and d.distributed:
             broadcast_buffers(t.models(), d.device)
         check_finite(t.models(), t.step, d)
         save_last(args, d, t)  # the trained epoch is on disk before validation starts
         if at_end and reason is None and val_loader is not None:
-            metrics = validate(args, d, t, stats, val_loader, seen, stop)
+            metrics = validate(args, d, t, stats, val_loader, seen, tb, stop)
             reason = None if metrics is not None else "signal"  # a stop during validation: exit now
         if reason or not at_end:
             return leave(args, d, t, reason, stop)
@@ -438,13 +448,17 @@ def main(argv=None):
             error = e
         agree_on_error(error, d)
         agree_on_step(t.step, d)
+        if not args.eval_only:  # every rank: the record gathers each one's host and device
+            runtime.record_run(args.output, config.resolved(args, d.world), sys.argv[:1] + args.argv, d)
         if d.distributed:  # DDP's constructor broadcasts rank 0's (restored) weights to all
             t.net = torch.nn.parallel.DistributedDataParallel(t.raw, device_ids=[d.device.index] if
                                                               d.device.type == "cuda" else None)
             t.ddp = t.net
         t.net = torch.compile(t.net) if args.compile else t.net
-        with runtime.loader_deaths_as_errors(args.workers):  # in validation; training's step saves first
-            return evaluate_only(args, d, t, loaders[4]) if args.eval_only else train(args, d, t, loaders)
+        on = args.tensorboard and d.rank == 0 and not args.eval_only  # one writer; --eval-only writes no files
+        tb = runtime.Scalars(os.path.join(args.output, "tb") if on else None, t.step)
+        with runtime.loader_deaths_as_errors(args.workers), tb:  # in validation; training's step saves first
+            return evaluate_only(args, d, t, loaders[4]) if args.eval_only else train(args, d, t, loaders, tb)
     except UserError as error:
         if str(error) and (rank == 0 or error.local):  # exit 3 (diverged): what the user can run instead
             print(f"error: {error}{config.after_divergence(args) if error.code == 3 else ''}", file=sys.stderr,
