@@ -28,6 +28,7 @@ import time
 
 import torch
 
+import augment
 import config
 import data
 import runtime
@@ -101,6 +102,37 @@ def device_augment_ms(recipe, res, batch, threads):
     return (time.perf_counter() - start) / 3 * 1000
 
 
+def augment_stats(files, size=160, reps=4):
+    """Mean pixel change (of 255) and share of images left untouched, on the photos centre-cropped to `size`:
+    timm's A3 RandAugment (PIL) against ours, torchvision's TrivialAugmentWide as V2 runs it (PIL) against ours."""
+    import random
+    import torchvision.transforms as T
+    prep = T.Compose([T.Resize(size), T.CenterCrop(size)])
+    photos = [prep(data.Image.open(f).convert("RGB")) for f in files]
+    batch = torch.stack([T.functional.pil_to_tensor(p) for p in photos])
+    peers = {"TrivialAugmentWide": (T.TrivialAugmentWide(interpolation=T.InterpolationMode.BILINEAR),
+                                    augment.TrivialAugmentWide())}
+    try:
+        from timm.data.auto_augment import rand_augment_transform
+        hparams = dict(translate_const=int(size * 0.45), img_mean=augment.MEAN_FILL, interpolation=data.Image.BICUBIC)
+        peers["RandAugment m6 mstd0.5"] = (rand_augment_transform("rand-m6-mstd0.5-inc1", hparams),
+                                           augment.RandAugment())
+    except ImportError:
+        pass
+    rows, g = [], torch.Generator().manual_seed(0)
+    random.seed(0)
+    torch.manual_seed(0)
+    for name, (theirs, ours) in peers.items():
+        outputs = {"theirs (PIL)": [torch.stack([T.functional.pil_to_tensor(theirs(p)) for p in photos])
+                                    for _ in range(reps)], "ours (batched)": [ours(batch, g) for _ in range(reps)]}
+        for who, out in outputs.items():
+            change = (torch.cat(out).int() - batch.repeat(reps, 1, 1, 1).int()).abs().float().mean((1, 2, 3))
+            rows.append({"augmentation": name, "whose": who, "images": len(change),
+                         "mean change /255": f"{change.mean():.1f}",
+                         "untouched": f"{100 * (change == 0).float().mean():.1f}%"})
+    return rows
+
+
 def bench_pipeline(args):
     torch.set_num_threads(1)  # one worker = one core
     files = sorted(f for f in glob.glob(os.path.join(args.images, "**", "*"), recursive=True) if os.path.isfile(f))
@@ -121,6 +153,8 @@ def bench_pipeline(args):
             for threads in sorted({1, args.threads or os.cpu_count() or 1})]
     print("\ndevice augmentation (augment.py) run on the CPU, one batch of 256")
     table(rows, ["recipe", "res", "augmentation", "threads", "ms per 256"])
+    print(f"\naugmentations on the photos at 160 px, each photo {4} times")
+    table(augment_stats(files), ["augmentation", "whose", "images", "mean change /255", "untouched"])
 
 
 # ------------------------------------------------------------------------------------------ GPU model step
@@ -198,6 +232,9 @@ def bench_synthetic(args, device):
             if mode and args.no_compile:
                 continue
             step = step_fn(args, res, amp, cl, mode, device)
+            print(f"timing {name} at {res} px, batch {args.batch}: {args.warmup} + {args.steps} steps"
+                  f"{' (minutes on a CPU: try --batch 16 --warmup 1 --steps 3)' if device.type == 'cpu' else ''}",
+                  flush=True)
             rate, mem, _ = timed(step, Repeat(args.batch, res, device), args.warmup, args.steps, device)
             rows.append({"data": "synthetic", "mode": name, "res": res, "batch": args.batch, "img/s": f"{rate:.0f}",
                          "peak mem": mem})
@@ -245,7 +282,8 @@ def bench_jpeg(args, device):
     for res in args.res:
         targs = config.get_args(["--data", root, "--recipe", "v2", "--ra-reps", "1", "--train-res", str(res),
                                  "--batch-size", str(args.batch), "--global-batch", str(args.batch), "--workers",
-                                str(args.workers), "--device", device.type])
+                                 str(args.workers), "--device", device.type])
+        config.split_batch(targs, 1)
         loader = data.build_loaders(targs, root, 0, 1, device.type == "cuda")[2]
         name = f"JPEG, {args.workers} workers"
         rate, _, _ = timed(None, loader, skip, steps, device)
@@ -308,6 +346,8 @@ def main():
     args = p.parse_args()
     if args.what in ("pipeline", "jpeg", "reference", "all") and not os.path.isdir(args.images):
         p.error(f"--images {args.images}: no such folder (it needs <class>/<image> files)")
+    if os.path.isdir(os.path.join(args.images, "train")):  # an ImageNet-layout folder: its training images
+        args.images = os.path.join(args.images, "train")
     if args.what in ("reference", "all") and not os.path.isfile(os.path.join(args.vision, "train.py")):
         p.error(f"--vision {args.vision}: no train.py there (copy torchvision's references/classification there)")
     device = torch.device(args.device)

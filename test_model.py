@@ -1235,6 +1235,17 @@ def test_bench_jpeg_rows_on_cpu(tmp_path):
     assert all(float(r["img/s"]) > 0 for r in rows)
 
 
+def test_bench_pipeline_on_an_imagenet_layout_folder(tmp_path):
+    """`bench.py pipeline` (and jpeg) given DATA rather than DATA/train: a worker's rows, the device augmentation's
+    time and the augmentation statistics (the peers' A3 row needs timm: absent here, it says so)."""
+    root = make_image_folder(tmp_path / "d")
+    result = subprocess.run([sys.executable, os.path.join(HERE, "bench.py"), "pipeline", "--images", root, "--rounds",
+                             "1", "--threads", "1"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "one worker, 12 files" in result.stdout and "torchvision V2 preset" in result.stdout
+    assert "TrivialAugmentWide + erasing" in result.stdout and "ours (batched)" in result.stdout
+
+
 # ---- data tools (issue 54)
 
 def run_data_tool(argv, capsys):
