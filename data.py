@@ -12,8 +12,9 @@ Hidden files and folders (`._*`, `.DS_Store`, `.ipynb_checkpoints`: what macOS a
 What each training image looks like depends only on (seed, epoch, sample index): the sampler hands out
 (epoch, index) items, each transformed under its own seed, so neither the number of loader workers, nor their
 lifetime, nor the number of processes changes the data, and a resumed run sees what it would have seen.
-Training crops draw torchvision's RandomResizedCrop box from the JPEG header alone and decode at 1/2, 1/4 or 1/8
-scale when the box still has the output size there (PIL's `Image.draft`). Validation is torchvision's own
+Training crops draw torchvision's RandomResizedCrop box from the JPEG header alone, decode at the smallest M/8 scale
+that still covers the output size (simplejpeg, else PIL's `Image.draft`), resize with torch and flip: uint8 out, the
+augmentation runs later, batched on the device (augment.py). Validation is torchvision's own
 `Resize + CenterCrop` on the full decode, pixel for pixel, so top-1 compares with published figures. A file PIL
 cannot decode is skipped and reported; an I/O error or a transform error stops the run.
 """
@@ -175,11 +176,11 @@ def random_resized_crop_box(width, height, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def decode_crop_resize(raw, box, size, interpolation="bilinear"):
+def decode_crop_resize(raw, box, size, interpolation="bilinear", full_size=None):
     """JPEG bytes -> uint8 [3, size, size]: decode only as much as the box needs, crop, resize (torch, antialiased).
     At a reduced scale the box snaps to the decoded pixel grid (at most half a decoded pixel, 4 at 1/8)."""
     left, top, w, h = box
-    full_w, full_h = jpeg_size(raw)
+    full_w, full_h = full_size or jpeg_size(raw)  # the caller may have read the header already
     image = decode_at_least(raw, math.ceil(full_w * size / w), math.ceil(full_h * size / h))
     # libjpeg scales by M/8 (M = 1..8) and rounds the size up: the scale is 8/M, not the ratio of the sizes.
     s = 8 / round(8 * (image.shape[2] / full_w if full_w >= full_h else image.shape[1] / full_h))
@@ -197,8 +198,9 @@ class RandomResizedCropFlip:
         self.size, self.scale, self.interpolation, self.hflip = size, scale, interpolation, hflip
 
     def __call__(self, raw):
-        box = random_resized_crop_box(*jpeg_size(raw), scale=self.scale)
-        image = decode_crop_resize(raw, box, self.size, self.interpolation)
+        full_size = jpeg_size(raw)
+        box = random_resized_crop_box(*full_size, scale=self.scale)
+        image = decode_crop_resize(raw, box, self.size, self.interpolation, full_size)
         return image.flip(2) if torch.rand(1).item() < self.hflip else image
 
 
